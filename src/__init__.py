@@ -1,0 +1,1 @@
+"""metric_learn: deep metric learning for image retrieval on MindSpore."""

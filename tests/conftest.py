@@ -1,0 +1,8 @@
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+# Quiet MindSpore's C++ INFO logs in test output; warnings and errors still show.
+os.environ.setdefault("GLOG_v", "2")
