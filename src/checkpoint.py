@@ -1,0 +1,51 @@
+"""Checkpoint loading that fails loudly instead of silently half-loading.
+
+MindSpore's `load_param_into_net(strict_load=False)` fills a missing `fc.weight` from
+`moments.fc.weight` and reports problems only through a return value. Here only the target
+network's own parameter names are read from the file (optimizer state, heads and step counters
+are ignored), and any missing or mis-shaped parameter is an error that lists them all.
+"""
+import os
+
+import mindspore as ms
+
+
+class CheckpointError(ValueError):
+    """A checkpoint does not fit the network it is loaded into."""
+
+
+def _read_checkpoint(ckpt_path, wanted):
+    if not os.path.isfile(ckpt_path):
+        raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
+    try:
+        return ms.load_checkpoint(ckpt_path, choice_func=lambda name: name in wanted)
+    except (RuntimeError, ValueError, OSError) as err:
+        raise CheckpointError(f"{ckpt_path}: not a readable MindSpore checkpoint ({err})") from err
+
+
+def load_strict(net, ckpt_path, what="network"):
+    """Load every parameter of `net` from `ckpt_path`; extra keys in the file are ignored.
+
+    Raises CheckpointError naming the file and every missing or mis-shaped parameter.
+    Returns the sorted list of parameter names loaded.
+    """
+    params = {p.name: p for p in net.get_parameters()}
+    loaded = _read_checkpoint(ckpt_path, set(params))
+    missing = sorted(set(params) - set(loaded))
+    mismatched = [f"{name}: checkpoint {tuple(loaded[name].shape)} vs {what} {tuple(params[name].shape)}"
+                  for name in sorted(loaded) if tuple(loaded[name].shape) != tuple(params[name].shape)]
+    problems = []
+    if missing:
+        shown = ", ".join(missing[:10]) + (f", ... ({len(missing)} in all)" if len(missing) > 10 else "")
+        problems.append(f"{len(missing)} {what} parameter(s) missing: {shown}")
+    if mismatched:
+        problems.append("shape mismatch: " + "; ".join(mismatched))
+    if problems:
+        raise CheckpointError(f"{ckpt_path} does not fit the {what}: " + " | ".join(problems))
+    ms.load_param_into_net(net, loaded, strict_load=True)
+    return sorted(loaded)
+
+
+def load_backbone_checkpoint(backbone, ckpt_path):
+    """Load backbone weights (from an ImageNet, softmax-stage or metric-stage checkpoint) strictly."""
+    return load_strict(backbone, ckpt_path, what="backbone")

@@ -1,0 +1,129 @@
+"""ResNet-50 v1.5 backbone (2048-d feature) and the classification head used for pre-training.
+
+Parameter names follow MindSpore's model-zoo ResNet-50 (`conv1.weight`, `bn1.gamma`,
+`layer1.0.conv1.weight`, `layer1.0.down_sample_layer.0.weight`, ...), so the published
+ImageNet checkpoint loads into `ResNet50WithHead.backbone` without renaming.
+"""
+from mindspore import nn, ops
+from mindspore.common.initializer import HeNormal
+
+FEATURE_DIM = 2048
+EXPANSION = 4
+BN_EPS = 1e-4
+BN_MOMENTUM = 0.9
+
+
+def l2_normalize(x, axis=1, eps=1e-12):
+    """x / sqrt(sum(x^2) + eps): finite for a zero vector, and exportable to ONNX (L2Normalize is not)."""
+    return x / ops.sqrt((x * x).sum(axis=axis, keepdims=True) + eps)
+
+
+class L2Normalize(nn.Cell):
+    def __init__(self, axis=1, eps=1e-12):
+        super().__init__()
+        self.axis = axis
+        self.eps = eps
+
+    def construct(self, x):
+        return l2_normalize(x, self.axis, self.eps)
+
+
+def _conv(in_channel, out_channel, kernel_size, stride=1):
+    return nn.Conv2d(in_channel, out_channel, kernel_size=kernel_size, stride=stride, pad_mode="same",
+                     has_bias=False, weight_init=HeNormal(mode="fan_out", nonlinearity="relu"))
+
+
+def _bn(channel, last_in_block=False):
+    # gamma=0 on the last BN of a block makes every residual branch start as the identity.
+    return nn.BatchNorm2d(channel, eps=BN_EPS, momentum=BN_MOMENTUM,
+                          gamma_init="zeros" if last_in_block else "ones")
+
+
+class Bottleneck(nn.Cell):
+    """1x1 -> 3x3 (carries the stride: v1.5) -> 1x1 with a projection shortcut when shapes change."""
+
+    def __init__(self, in_channel, out_channel, stride=1):
+        super().__init__()
+        mid = out_channel // EXPANSION
+        self.conv1 = _conv(in_channel, mid, 1)
+        self.bn1 = _bn(mid)
+        self.conv2 = _conv(mid, mid, 3, stride=stride)
+        self.bn2 = _bn(mid)
+        self.conv3 = _conv(mid, out_channel, 1)
+        self.bn3 = _bn(out_channel, last_in_block=True)
+        self.relu = nn.ReLU()
+        self.down_sample = stride != 1 or in_channel != out_channel
+        self.down_sample_layer = None
+        if self.down_sample:
+            self.down_sample_layer = nn.SequentialCell([_conv(in_channel, out_channel, 1, stride=stride),
+                                                        _bn(out_channel)])
+
+    def construct(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.down_sample:
+            identity = self.down_sample_layer(identity)
+        return self.relu(out + identity)
+
+
+class ResNet50(nn.Cell):
+    """ResNet-50 v1.5 up to global average pooling: NCHW float32 images -> (N, 2048) features."""
+
+    LAYERS = (3, 4, 6, 3)
+    WIDTHS = (256, 512, 1024, 2048)
+    STRIDES = (1, 2, 2, 2)
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = _conv(3, 64, 7, stride=2)
+        self.bn1 = _bn(64)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="same")
+        in_channel = 64
+        stages = []
+        for blocks, width, stride in zip(self.LAYERS, self.WIDTHS, self.STRIDES, strict=True):
+            layer = [Bottleneck(in_channel, width, stride)]
+            layer += [Bottleneck(width, width) for _ in range(blocks - 1)]
+            stages.append(nn.SequentialCell(layer))
+            in_channel = width
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.flatten = nn.Flatten()
+
+    def construct(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.flatten(ops.mean(x, (2, 3), keep_dims=True))
+
+
+class ResNet50WithHead(nn.Cell):
+    """Backbone + Dense(2048 -> class_num) head for softmax pre-training.
+
+    `auto_prefix=False` keeps the backbone's parameter names free of a `backbone.` prefix; the head's
+    parameters are `fc.weight` / `fc.bias`. Metric-learning stages train `net.backbone` alone.
+    """
+
+    def __init__(self, class_num):
+        super().__init__(auto_prefix=False)
+        if int(class_num) < 1:
+            raise ValueError(f"class_num must be a positive integer, got {class_num!r}")
+        self.backbone = ResNet50()
+        self.head = ClassifierHead(FEATURE_DIM, int(class_num))
+
+    def construct(self, x):
+        return self.head(self.backbone(x))
+
+
+class ClassifierHead(nn.Cell):
+    def __init__(self, in_dim, class_num):
+        super().__init__()
+        self.fc = nn.Dense(in_dim, class_num)
+
+    def construct(self, x):
+        return self.fc(x)
+
+
+def resnet50(class_num):
+    """ResNet-50 v1.5 with a `class_num`-way classification head; `.backbone` gives 2048-d features."""
+    return ResNet50WithHead(class_num)
