@@ -6,6 +6,7 @@ network's own parameter names are read from the file (optimizer state, heads and
 are ignored), and any missing or mis-shaped parameter is an error that lists them all.
 """
 import os
+import tempfile
 
 import mindspore as ms
 
@@ -23,13 +24,14 @@ def _read_checkpoint(ckpt_path, wanted):
         raise CheckpointError(f"{ckpt_path}: not a readable MindSpore checkpoint ({err})") from err
 
 
-def load_strict(net, ckpt_path, what="network"):
-    """Load every parameter of `net` from `ckpt_path`; extra keys in the file are ignored.
+def load_strict(net, ckpt_path, what="network", keep=()):
+    """Load every parameter of `net` from `ckpt_path`, except those named in `keep` (left as they are);
+    extra keys in the file are ignored.
 
     Raises CheckpointError naming the file and every missing or mis-shaped parameter.
     Returns the sorted list of parameter names loaded.
     """
-    params = {p.name: p for p in net.get_parameters()}
+    params = {p.name: p for p in net.get_parameters() if p.name not in keep}
     loaded = _read_checkpoint(ckpt_path, set(params))
     missing = sorted(set(params) - set(loaded))
     mismatched = [f"{name}: checkpoint {tuple(loaded[name].shape)} vs {what} {tuple(params[name].shape)}"
@@ -49,3 +51,26 @@ def load_strict(net, ckpt_path, what="network"):
 def load_backbone_checkpoint(backbone, ckpt_path):
     """Load backbone weights (from an ImageNet, softmax-stage or metric-stage checkpoint) strictly."""
     return load_strict(backbone, ckpt_path, what="backbone")
+
+
+def save_checkpoint_atomic(net, path, append_dict=None):
+    """Save `net` (a Cell or a list of {"name", "data"}) to `path` via a temporary file and a rename,
+    so that `path` is either the old file or the complete new one, never half-written."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    # save_checkpoint appends ".ckpt" to other names, so the temporary name ends with it too.
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp.ckpt", dir=directory)
+    os.close(fd)
+    try:
+        ms.save_checkpoint(net, tmp, append_dict=append_dict)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def read_checkpoint_values(ckpt_path, names):
+    """{name: python scalar} for the scalar entries `names` stored in a checkpoint (e.g. epoch_num)."""
+    values = _read_checkpoint(ckpt_path, set(names))
+    return {name: value.asnumpy().item() for name, value in values.items()}

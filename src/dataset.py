@@ -265,8 +265,9 @@ def create_dataset(dataset_path, list_file, batch_size, image_size, stage, seed=
                    eval_resize="crop", skip_bad=False, drop_remainder=None, python_multiprocessing=True):
     """The batched dataset of one stage, columns ("image" float32 NCHW, "label" int32).
 
-    list_file is relative to dataset_path unless absolute. Training stages draw a new order every
-    epoch from seed + epoch (epoch = start_epoch, start_epoch + 1, ... per iterator) and give rank
+    list_file is relative to dataset_path unless absolute, or an already read ImageList. Training
+    stages draw a new order every epoch from seed + epoch (epoch = start_epoch, start_epoch + 1,
+    ... per iterator) and give rank
     `rank` of `group_size` its own equal-sized slice; "eval" reads the whole list in order, no
     shuffling, no augmentation, no dropped images, on every rank. skip_bad decodes every listed
     file once up front and drops (and logs) the bad ones instead of failing on them later.
@@ -287,7 +288,10 @@ def create_dataset(dataset_path, list_file, batch_size, image_size, stage, seed=
                          f"{samples_each_class}, got batch_size={batch_size}")
     drop_remainder = train if drop_remainder is None else drop_remainder
 
-    images = read_image_list(os.path.join(dataset_path, list_file), dataset_path)
+    if isinstance(list_file, ImageList):
+        images = list_file
+    else:
+        images = read_image_list(os.path.join(dataset_path, list_file), dataset_path)
     if skip_bad:
         images = drop_bad_images(images, num_parallel_workers)
 

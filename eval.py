@@ -1,0 +1,56 @@
+"""Evaluate a checkpoint: Recall@1/10/100/1000 and MAP@R on a list of images (leave-one-out retrieval)."""
+import os
+
+import mindspore as ms
+
+from src.checkpoint import load_backbone_checkpoint
+from src.cli import add_common_arguments, make_parser, overrides_from_extra, run
+from src.config import load_config
+from src.context import init_context
+from src.features import evaluate_backbone, save_features
+from src.log import get_logger
+from src.metrics import format_metrics_table
+from src.resnet import ResNet50
+
+logger = get_logger("eval")
+
+
+def parse_args(argv=None):
+    parser = make_parser("Evaluate image retrieval with a trained backbone.")
+    add_common_arguments(parser)
+    parser.add_argument("--device_id", type=int, default=None, help="device (default $DEVICE_ID or 0)")
+    parser.add_argument("--dataset_path", required=True, help="folder the list paths are relative to")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt_path", help="checkpoint of any stage (its backbone is used)")
+    source.add_argument("--random_init", action="store_true",
+                        help="evaluate a randomly initialised backbone (config key seed): the untrained baseline")
+    parser.add_argument("--eval_list", default="test_half.txt", help="evaluation list inside dataset_path")
+    parser.add_argument("--loss_name", default="triplet",
+                        help="stage whose config supplies image_size / eval settings (seed's optional argument)")
+    parser.add_argument("--save_features", default=None, help="write features, labels and paths to this .npz")
+    args, extra = parser.parse_known_args(argv)
+    args.overrides = overrides_from_extra(parser, extra)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = load_config(args.loss_name, args.device_target, args.config, args.overrides)
+    if not os.path.isdir(args.dataset_path):
+        raise FileNotFoundError(f"--dataset_path {args.dataset_path} is not a folder")
+    init_context(args.device_target, args.device_id)
+    ms.set_seed(cfg.seed)
+    backbone = ResNet50()
+    if args.ckpt_path:
+        load_backbone_checkpoint(backbone, args.ckpt_path)
+    metrics, features, labels, paths = evaluate_backbone(backbone, args.dataset_path, args.eval_list, cfg)
+    if args.save_features:
+        save_features(args.save_features, features, labels, paths)
+        logger.info("features saved to %s", args.save_features)
+    print(format_metrics_table(metrics))
+    print(f"eval_recall: {metrics['recall@1']:.4f}")
+    print(f"result: {{'acc': {metrics['recall@1']:.4f}}} ckpt={args.ckpt_path or 'random init'}")
+
+
+if __name__ == "__main__":
+    run(main)

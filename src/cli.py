@@ -1,0 +1,55 @@
+"""Shared command-line plumbing of the entry scripts: config overrides and one-line errors."""
+import argparse
+import sys
+
+from src.config import DEVICES
+from src.log import get_logger, setup_logging
+
+logger = get_logger("metric_learn")
+
+# Errors a user can cause with their input (paths, lists, checkpoints, configs, diverging training):
+# reported as one line and exit status 1. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, NotADirectoryError, PermissionError)
+
+
+def add_common_arguments(parser):
+    parser.add_argument("--device_target", default="CPU", choices=DEVICES, help="device to run on")
+    parser.add_argument("--config", default=None, help="YAML config (default: src/configs/<loss_name>.yaml)")
+
+
+def overrides_from_extra(parser, extra):
+    """Turn leftover `--key value` / `--key=value` arguments into config overrides ["key=value", ...]."""
+    overrides = []
+    i = 0
+    while i < len(extra):
+        token = extra[i]
+        if not token.startswith("--") or token == "--":
+            parser.error(f"unexpected argument {token!r}")
+        key, sep, value = token[2:].partition("=")
+        if not sep:
+            if i + 1 >= len(extra) or extra[i + 1].startswith("--"):
+                parser.error(f"config override --{key} needs a value")
+            value = extra[i + 1]
+            i += 1
+        overrides.append(f"{key}={value}")
+        i += 1
+    return overrides
+
+
+def make_parser(description):
+    return argparse.ArgumentParser(description=description + " Any config key can be overridden with "
+                                   "--<key> <value> (see src/configs/*.yaml).",
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+def run(main, argv=None):
+    """Call main(argv); a user error becomes one `error: ...` line and exit status 1."""
+    setup_logging()
+    try:
+        main(argv)
+    except USER_ERRORS as err:
+        logger.error("%s: %s", type(err).__name__, err)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        logger.error("interrupted")
+        sys.exit(130)

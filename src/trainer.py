@@ -1,0 +1,139 @@
+"""The training run: network and loss for a stage, optimizer, Model, resume, callbacks."""
+import os
+from dataclasses import dataclass
+
+import mindspore as ms
+from mindspore import nn
+from mindspore.train import FixedLossScaleManager, Model
+
+from src.callbacks import CheckpointSaver, EvalCallback, TrainMonitor
+from src.checkpoint import load_backbone_checkpoint, load_strict, read_checkpoint_values, save_checkpoint_atomic
+from src.config import save_config
+from src.dataset import create_dataset, read_image_list
+from src.features import evaluate_backbone
+from src.log import get_logger
+from src.loss import create_loss
+from src.lr_generator import get_lr
+from src.resnet import ResNet50, resnet50
+
+logger = get_logger(__name__)
+
+CLASSIFICATION_STAGES = ("softmax",)
+
+
+@dataclass
+class TrainRequest:
+    """What train.py asks for, besides the resolved config."""
+
+    loss_name: str
+    dataset_path: str
+    train_list: str
+    output_dir: str
+    ckpt_path: str = None
+    resume: str = None
+    run_eval: bool = False
+    eval_list: str = None
+    rank: int = 0
+    group_size: int = 1
+    save_rank_checkpoint: bool = False
+
+
+def build_network(loss_name, cfg):
+    """(network trained by Model, backbone inside it). Softmax trains backbone + head; arcmargin's class
+    weights live in its loss; triplet / quadruplet train the backbone alone (the seed's net.backbone)."""
+    if loss_name in CLASSIFICATION_STAGES:
+        net = resnet50(cfg.class_num)
+        return net, net.backbone
+    backbone = ResNet50()
+    return backbone, backbone
+
+
+def checkpoint_prefix(loss_name):
+    return f"resnet50_{loss_name}"
+
+
+def resume_point(ckpt_path):
+    """(epochs completed, global step) recorded by train.py in a checkpoint."""
+    values = read_checkpoint_values(ckpt_path, ("epoch_num", "step_num"))
+    if "epoch_num" not in values or "step_num" not in values:
+        raise ValueError(f"{ckpt_path} holds no epoch_num/step_num: not a checkpoint written by train.py, so it "
+                         f"cannot be resumed (use --ckpt_path to start from its weights)")
+    return int(values["epoch_num"]), int(values["step_num"])
+
+
+def _check_class_num(loss_name, cfg, images):
+    if loss_name in ("softmax", "arcmargin") and images.num_classes > cfg.class_num:
+        raise ValueError(f"{images.list_file} has {images.num_classes} classes but class_num={cfg.class_num}; "
+                         f"set class_num={images.num_classes}")
+
+
+def train(request, cfg):
+    """Run one training stage. Returns a dict with the final checkpoint path and the best Recall@1."""
+    is_writer = request.rank == 0
+    ckpt_dir = os.path.join(request.output_dir, "ckpt")
+    if is_writer:
+        save_config(cfg, os.path.join(request.output_dir, "config.yaml"))
+    ms.set_seed(cfg.seed)
+
+    images = read_image_list(os.path.join(request.dataset_path, request.train_list), request.dataset_path)
+    _check_class_num(request.loss_name, cfg, images)
+    start_epoch, start_step = resume_point(request.resume) if request.resume else (0, 0)
+    if start_epoch >= cfg.epoch_size:
+        raise ValueError(f"{request.resume} already completed {start_epoch} epochs of epoch_size={cfg.epoch_size}")
+    # Training stages continue the data order at the resumed epoch.
+    dataset = create_dataset(request.dataset_path, images, cfg.batch_size, cfg.image_size, request.loss_name,
+                             seed=cfg.seed, start_epoch=start_epoch, rank=request.rank,
+                             group_size=request.group_size, num_parallel_workers=cfg.num_parallel_workers,
+                             samples_each_class=cfg.get("samples_each_class", 2), hflip=cfg.hflip,
+                             skip_bad=cfg.skip_bad)
+    steps_per_epoch = dataset.get_dataset_size()
+    if start_step != start_epoch * steps_per_epoch:
+        raise ValueError(f"{request.resume} was written at step {start_step} after {start_epoch} epochs, but this "
+                         f"run has {steps_per_epoch} steps per epoch: batch size, list or device count differ")
+
+    network, backbone = build_network(request.loss_name, cfg)
+    if request.ckpt_path:
+        load_backbone_checkpoint(backbone, request.ckpt_path)
+        logger.info("backbone initialised from %s", request.ckpt_path)
+    loss = create_loss(request.loss_name, cfg)
+    lr = get_lr(cfg.lr_init, cfg.lr_end, cfg.lr_max, cfg.warmup_epochs, cfg.epoch_size, steps_per_epoch,
+                cfg.lr_decay_mode)
+    if len(lr) < cfg.epoch_size * steps_per_epoch:
+        raise ValueError(f"learning-rate array has {len(lr)} entries, needs {cfg.epoch_size * steps_per_epoch}")
+    params = network.trainable_params() + loss.trainable_params()
+    optimizer = nn.Momentum(params, learning_rate=ms.Tensor(lr), momentum=cfg.momentum,
+                            weight_decay=cfg.weight_decay, loss_scale=float(cfg.loss_scale))
+    model = Model(network, loss_fn=loss, optimizer=optimizer, amp_level=cfg.amp_level,
+                  loss_scale_manager=FixedLossScaleManager(float(cfg.loss_scale), drop_overflow_update=False))
+    if request.resume:
+        # The per-step learning-rate array comes from this run's config (a resumed run may be given more
+        # epochs); the global step restored with the rest indexes into it.
+        load_strict(model.train_network, request.resume, what="training state", keep=("learning_rate",))
+        logger.info("resumed from %s after epoch %d", request.resume, start_epoch)
+
+    prefix = checkpoint_prefix(request.loss_name)
+    monitor = TrainMonitor(steps_per_epoch, cfg.epoch_size, cfg.batch_size * request.group_size, lr,
+                           cfg.log_interval)
+    saver = CheckpointSaver(ckpt_dir, prefix, cfg.save_checkpoint_epochs, cfg.keep_checkpoint_max, cfg.epoch_size,
+                            steps_per_epoch, enabled=is_writer and cfg.save_checkpoint)
+    callbacks = [monitor]
+    evaluator = None
+    if request.run_eval:
+        def evaluate():
+            return evaluate_backbone(backbone, request.dataset_path, request.eval_list, cfg, ks=(1, 10))[0]
+
+        evaluator = EvalCallback(evaluate, cfg.eval_interval, ckpt_dir, prefix, cfg.epoch_size, enabled=is_writer)
+        callbacks.append(evaluator)
+    callbacks.append(saver)
+
+    logger.info("training %s on %s: %d images, %d classes, %d steps per epoch x %d epochs (from epoch %d), "
+                "batch %d per device x %d device(s), %s", request.loss_name, images.list_file, len(images),
+                images.num_classes, steps_per_epoch, cfg.epoch_size, start_epoch + 1, cfg.batch_size,
+                request.group_size, cfg.device_target)
+    model.train(cfg.epoch_size, dataset, callbacks=callbacks, dataset_sink_mode=False, initial_epoch=start_epoch)
+
+    if request.save_rank_checkpoint:
+        # Debugging aid for distributed runs: every rank's final weights, to compare across ranks.
+        save_checkpoint_atomic(network, os.path.join(request.output_dir, f"rank_{request.rank}", "final.ckpt"))
+    return {"checkpoint": saver.last_saved, "best_recall": evaluator.best if evaluator else None,
+            "losses": list(monitor.losses)}

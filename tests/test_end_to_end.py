@@ -1,0 +1,233 @@
+"""The real entry points (train.py, eval.py, scripts/) run as subprocesses on a tiny generated problem."""
+import os
+import re
+import subprocess
+import sys
+
+import mindspore as ms
+import numpy as np
+import pytest
+
+from src.demo_data import make_retrieval_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = ["--image_size", "32", "--hflip", "false", "--num_parallel_workers", "1", "--eval_batch_size", "16"]
+
+pytestmark = pytest.mark.slow
+
+
+def run(args, cwd=None, env=None, expect=0, timeout=600):
+    full_env = dict(os.environ, GLOG_v="3", PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
+    full_env.update(env or {})
+    proc = subprocess.run(args, cwd=cwd or ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    output = proc.stdout + proc.stderr
+    if expect is not None:
+        assert proc.returncode == expect, f"exit {proc.returncode} (expected {expect}) from {args}:\n{output[-4000:]}"
+    return output
+
+
+def python(script, *args, **kwargs):
+    return run([sys.executable, os.path.join(ROOT, script), *args], **kwargs)
+
+
+def epoch_mean_losses(log):
+    return [float(x) for x in re.findall(r"epoch: \d+/\d+ done, mean loss ([0-9.eE+-]+)", log)]
+
+
+def eval_recall(log):
+    return float(re.search(r"^eval_recall: ([0-9.]+)$", log, re.M).group(1))
+
+
+def final_checkpoint(log):
+    return re.search(r"final checkpoint: (\S+\.ckpt)", log).group(1)
+
+
+def load_values(path):
+    return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items()}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_retrieval_dataset(str(tmp_path_factory.mktemp("data")))
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("init") / "untrained.ckpt")
+    code = (f"import sys, mindspore as ms; sys.path.insert(0, {ROOT!r}); from src.resnet import ResNet50; "
+            f"ms.set_seed(1); ms.save_checkpoint(ResNet50(), {path!r})")
+    run([sys.executable, "-c", code])
+    return path
+
+
+@pytest.fixture(scope="module")
+def recipe(data, untrained, tmp_path_factory):
+    """softmax (from the untrained backbone) -> triplet -> quadruplet, as the seed's two-stage recipe."""
+    out = tmp_path_factory.mktemp("recipe")
+    logs = {}
+    logs["untrained"] = python("eval.py", "--dataset_path", data, "--eval_list", "test.txt", "--ckpt_path",
+                               untrained, *SMALL)
+    logs["softmax"] = python("train.py", "--loss_name", "softmax", "--dataset_path", data, "--ckpt_path", untrained,
+                             "--output_dir", str(out / "softmax"), "--class_num", "8", "--batch_size", "12",
+                             "--epoch_size", "8", "--lr_max", "0.01", "--lr_decay_mode", "const", "--run_eval",
+                             "--eval_list", "test.txt", "--eval_interval", "4", *SMALL)
+    logs["triplet"] = python("train.py", "--loss_name", "triplet", "--dataset_path", data, "--ckpt_path",
+                             final_checkpoint(logs["softmax"]), "--output_dir", str(out / "triplet"),
+                             "--batch_size", "6", "--epoch_size", "1", *SMALL)
+    logs["quadruplet"] = python("train.py", "--loss_name", "quadruplet", "--dataset_path", data, "--ckpt_path",
+                                final_checkpoint(logs["triplet"]), "--output_dir", str(out / "quadruplet"),
+                                "--batch_size", "8", "--epoch_size", "1", *SMALL)
+    features = str(out / "features.npz")
+    logs["eval"] = python("eval.py", "--dataset_path", data, "--eval_list", "test.txt", "--ckpt_path",
+                          final_checkpoint(logs["quadruplet"]), "--save_features", features, *SMALL)
+    return out, logs, features
+
+
+def test_softmax_training_lowers_the_loss_and_beats_the_untrained_backbone(recipe):
+    out, logs, _ = recipe
+    losses = epoch_mean_losses(logs["softmax"])
+    assert len(losses) == 8
+    assert np.mean(losses[-2:]) < losses[0] - 0.2, losses
+    untrained = eval_recall(logs["untrained"])
+    best = float(re.search(r"best eval_recall: ([0-9.]+)", logs["softmax"]).group(1))
+    assert best >= untrained + 0.05, (untrained, best)
+    assert os.path.isfile(out / "softmax" / "ckpt" / "resnet50_softmax-best.ckpt")
+    assert os.path.isfile(out / "softmax" / "config.yaml")
+
+
+def test_metric_stages_write_backbone_checkpoints_named_after_the_loss(recipe):
+    out, logs, _ = recipe
+    for stage, steps in (("triplet", 8), ("quadruplet", 6)):
+        # 48 images: triplet 16 triplets / 2 per batch = 8 steps; P x K 48 / 8 = 6 steps.
+        assert final_checkpoint(logs[stage]).endswith(f"resnet50_{stage}-1_{steps}.ckpt")
+        keys = load_values(final_checkpoint(logs[stage]))
+        assert "fc.weight" not in keys and "conv1.weight" in keys and "moments.conv1.weight" in keys
+
+
+def test_eval_metrics_equal_brute_force_on_saved_features(recipe):
+    _, logs, features = recipe
+    saved = np.load(features)
+    feats, labels = saved["features"].astype(np.float64), saved["labels"]
+    assert feats.shape == (32, 2048) and len(saved["paths"]) == 32
+    np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, rtol=1e-5)
+    sim = feats @ feats.T
+    np.fill_diagonal(sim, -np.inf)
+    order = np.argsort(-sim, axis=1, kind="stable")[:, :-1]  # the query itself sorts last
+    hits = labels[order] == labels[:, None]
+    table = dict(re.findall(r"^(recall@\d+|map@r|r_precision)\s+([0-9.]+)$", logs["eval"], re.M))
+    assert float(table["recall@1"]) == pytest.approx(hits[:, 0].mean(), abs=1e-4)
+    assert float(table["recall@10"]) == pytest.approx(hits[:, :10].any(1).mean(), abs=1e-4)
+    r = hits.sum(1)
+    map_r = np.mean([np.sum(hits[i, :r[i]] * np.cumsum(hits[i, :r[i]]) / np.arange(1, r[i] + 1)) / r[i]
+                     for i in range(len(r))])
+    assert float(table["map@r"]) == pytest.approx(map_r, abs=1e-4)
+    assert eval_recall(logs["eval"]) == pytest.approx(hits[:, 0].mean(), abs=1e-4)
+
+
+def test_resume_after_epoch_1_matches_an_uninterrupted_run_bit_for_bit(data, untrained, tmp_path):
+    common = ["--loss_name", "triplet", "--dataset_path", data, "--batch_size", "6", "--epoch_size", "2",
+              "--save_checkpoint_epochs", "1", "--keep_checkpoint_max", "5", "--lr_max", "0.001", *SMALL]
+    python("train.py", *common, "--ckpt_path", untrained, "--output_dir", str(tmp_path / "full"))
+    after_epoch_1 = tmp_path / "full" / "ckpt" / "resnet50_triplet-1_8.ckpt"
+    log = python("train.py", *common, "--resume", str(after_epoch_1), "--output_dir", str(tmp_path / "resumed"))
+    assert "resumed from" in log and "epoch: 1/2" not in log
+    full = load_values(tmp_path / "full" / "ckpt" / "resnet50_triplet-2_16.ckpt")
+    resumed = load_values(tmp_path / "resumed" / "ckpt" / "resnet50_triplet-2_16.ckpt")
+    assert full.keys() == resumed.keys()
+    different = [k for k in full if not np.array_equal(full[k], resumed[k])]
+    assert different == []
+    start = load_values(after_epoch_1)
+    assert not np.array_equal(start["conv1.weight"], full["conv1.weight"])  # epoch 2 did train
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(data, untrained, tmp_path):
+    common = ["--loss_name", "softmax", "--dataset_path", data, "--class_num", "8", "--batch_size", "12",
+              "--output_dir", str(tmp_path), "--save_checkpoint_epochs", "1", "--epoch_size", "3", "--lr_max",
+              "0.01", "--lr_decay_mode", "const", *SMALL]
+    python("train.py", *common, "--ckpt_path", untrained, "--epoch_size", "2")
+    good = tmp_path / "ckpt" / "resnet50_softmax-2_8.ckpt"
+    before = good.read_bytes()
+    # Continue for a third epoch from a copy of that state whose head holds a NaN (as after a numerical
+    # blow-up; a NaN inside the backbone would be zeroed by its ReLUs): the first step's loss is NaN.
+    values = load_values(good)
+    values["fc.bias"][0] = np.nan
+    poisoned = str(tmp_path / "poisoned.ckpt")
+    ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in values.items()], poisoned)
+    log = python("train.py", *common, "--resume", poisoned, expect=1)
+    error = [line for line in log.splitlines() if "ERROR" in line]
+    assert len(error) == 1, log
+    assert re.search(r"loss is nan at epoch 3 step 1 \(global step 9\)", error[0]), error
+    assert "Traceback" not in log
+    assert sorted(os.listdir(tmp_path / "ckpt")) == ["resnet50_softmax-2_8.ckpt"]  # nothing new, nothing half
+    assert good.read_bytes() == before
+
+
+def test_wrong_checkpoints_give_one_line_errors(data, recipe, tmp_path):
+    out, logs, _ = recipe
+    softmax_ckpt = final_checkpoint(logs["softmax"])
+    # Resuming the 8-class softmax run with a 5-class head: a head-size mismatch.
+    log = python("train.py", "--loss_name", "softmax", "--dataset_path", data, "--class_num", "9", "--batch_size",
+                 "12", "--epoch_size", "9", "--lr_max", "0.01", "--lr_decay_mode", "const", "--resume", softmax_ckpt,
+                 "--output_dir", str(tmp_path / "x"), *SMALL, expect=1)
+    assert re.search(r"ERROR .*fc\.weight: checkpoint \(8, 2048\) vs training state \(9, 2048\)", log), log
+    assert "Traceback" not in log
+    values = load_values(final_checkpoint(logs["triplet"]))
+    broken = str(tmp_path / "broken.ckpt")
+    ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in values.items() if k != "layer2.1.conv2.weight"],
+                       broken)
+    log = python("eval.py", "--dataset_path", data, "--eval_list", "test.txt", "--ckpt_path", broken, *SMALL, expect=1)
+    assert re.search(r"ERROR .*missing: layer2\.1\.conv2\.weight", log)
+    assert "Traceback" not in log
+
+
+@pytest.mark.parametrize("bad", [["--loss_name", "contrastive", "--device_target", "CPU"],
+                                 ["--loss_name", "triplet", "--device_target", "TPU"]])
+def test_unknown_loss_or_device_is_a_usage_error(data, bad):
+    log = python("train.py", "--dataset_path", data, *bad, expect=2)
+    assert "usage:" in log and "invalid choice" in log
+
+
+def test_scripts_check_their_arguments(data, tmp_path):
+    log = run(["bash", os.path.join(ROOT, "scripts", "run_standalone_train.sh"), data, "none", "0"], cwd=tmp_path,
+              expect=2)
+    assert "usage: bash run_standalone_train.sh [DATASET_PATH] [CKPT_PATH] [DEVICE_ID] [LOSS_NAME]" in log
+    log = run(["bash", os.path.join(ROOT, "scripts", "run_eval_gpu.sh"), str(tmp_path / "nowhere"), "x.ckpt", "0"],
+              cwd=tmp_path, expect=2)
+    assert "DATASET_PATH" in log and "is not a folder" in log
+    log = run(["bash", os.path.join(ROOT, "scripts", "run_standalone_train_gpu.sh"), data, "0", "ranking", "none"],
+              cwd=tmp_path, expect=2)
+    assert "LOSS_NAME must be" in log
+
+
+def test_standalone_script_on_cpu_writes_train_folder_and_returns_status(data, tmp_path):
+    env = {"DEVICE_TARGET": "CPU"}
+    run(["bash", os.path.join(ROOT, "scripts", "run_standalone_train_gpu.sh"), data, "0", "quadruplet", "none",
+         "--batch_size", "8", "--epoch_size", "1", *SMALL], cwd=tmp_path, env=env)
+    assert os.path.isfile(tmp_path / "train" / "ckpt" / "resnet50_quadruplet-1_6.ckpt")
+    assert "epoch: 1/1 done" in (tmp_path / "train" / "log.txt").read_text()
+    # A failing run's status comes back through the script.
+    log = run(["bash", os.path.join(ROOT, "scripts", "run_eval_gpu.sh"), data,
+               str(tmp_path / "train" / "config.yaml"), "0", "--eval_list", "test.txt"], cwd=tmp_path, env=env,
+              expect=1)
+    assert "not a readable MindSpore checkpoint" in log
+
+
+def test_distributed_cpu_msrun_two_workers_keep_identical_weights(data, tmp_path):
+    """2 CPU workers under msrun: after training, every trainable parameter is identical on both ranks.
+
+    The BatchNorm moving statistics differ (each rank normalises its own half-batch), and for the
+    same reason the distributed loss is not the loss of one process on the global batch: BN's
+    batch statistics over 6 images per rank differ from those over 12, so the forward pass differs.
+    """
+    run(["bash", os.path.join(ROOT, "scripts", "run_distribute_train_cpu.sh"), data, "triplet", "none",
+         "--batch_size", "6", "--epoch_size", "1", "--save_rank_checkpoint", *SMALL], cwd=tmp_path,
+        env={"MASTER_PORT": str(8200 + os.getpid() % 500)})
+    out = tmp_path / "train_parallel"
+    assert sorted(p for p in os.listdir(out / "ckpt")) == ["resnet50_triplet-1_4.ckpt"]  # rank 0 alone writes
+    r0, r1 = load_values(out / "rank_0" / "final.ckpt"), load_values(out / "rank_1" / "final.ckpt")
+    trainable = [k for k in r0 if "moving_" not in k]
+    assert len(trainable) == 159
+    assert [k for k in trainable if not np.array_equal(r0[k], r1[k])] == []
+    assert any(not np.array_equal(r0[k], r1[k]) for k in r0 if "moving_" in k)
+    for rank in (0, 1):
+        assert "epoch: 1/1 done" in (out / f"worker_{rank}.log").read_text()
