@@ -1,0 +1,45 @@
+"""Export the backbone (2048-d feature, inference mode) to MINDIR, ONNX or AIR."""
+from src.cli import add_common_arguments, make_parser, overrides_from_extra, run
+from src.config import load_config
+from src.context import init_context
+from src.export_model import EXPORT_FORMATS, build_feature_net, check_export_format, export_network
+from src.log import get_logger
+from src.resnet import FEATURE_DIM
+
+logger = get_logger("export")
+
+
+def parse_args(argv=None):
+    parser = make_parser("Export the feature network for deployment. The input size is the config's "
+                         "image_size (e.g. --image_size 224).")
+    add_common_arguments(parser)
+    parser.add_argument("--device_id", type=int, default=None, help="device (default $DEVICE_ID or 0)")
+    parser.add_argument("--ckpt_file", required=True, help="checkpoint of any stage (its backbone is exported)")
+    parser.add_argument("--file_name", default="resnet50", help="output file; the format's suffix is added")
+    parser.add_argument("--file_format", default="MINDIR", type=str.upper, choices=EXPORT_FORMATS,
+                        help="AIR needs --device_target Ascend")
+    parser.add_argument("--batch_size", type=int, default=1,
+                        help="batch of the exported input (not the config's training batch_size)")
+    parser.add_argument("--l2_normalize", action="store_true", help="append x / sqrt(sum(x^2) + eps) to the output")
+    parser.add_argument("--loss_name", default="triplet", help="stage whose config supplies image_size")
+    args, extra = parser.parse_known_args(argv)
+    args.overrides = overrides_from_extra(parser, extra)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = load_config(args.loss_name, args.device_target, args.config, args.overrides)
+    check_export_format(args.file_format, args.device_target)  # refuse AIR before any work
+    init_context(args.device_target, args.device_id)
+    net = build_feature_net(args.ckpt_file, args.l2_normalize)
+    path = export_network(net, args.file_name, args.file_format, args.batch_size, cfg.image_size)
+    shape = f"{args.batch_size}x3x{cfg.image_size}x{cfg.image_size}"
+    output = "L2-normalised feature" if args.l2_normalize else "feature"
+    logger.info("exported %s (input float32 %s, output %s (%d, %d)) from %s",
+                args.file_format, shape, output, args.batch_size, FEATURE_DIM, args.ckpt_file)
+    print(f"exported: {path}")
+
+
+if __name__ == "__main__":
+    run(main)

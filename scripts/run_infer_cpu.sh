@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Offline inference on CPU, the Ascend 310 chain with src/infer_cpu.py as the runner:
+# preprocess -> runner -> postprocess. Each step stops the chain with its own exit status when it fails.
+usage() {
+  echo "usage: bash run_infer_cpu.sh [MINDIR_PATH] [DATASET_PATH] [preprocess.py options...]"
+  echo "  preprocess.py options (e.g. --eval_list test.txt --image_size 224; default list test_half.txt) must"
+  echo "  match the exported MindIR. Writes preprocess.log, infer.log, postprocess.log, preprocess_Result/,"
+  echo "  result_Files/, time_Result/ and acc.log in the current folder."
+}
+source "$(dirname "$0")/common.sh"
+[ $# -ge 2 ] || die_usage "at least 2 arguments needed, got $#"
+MINDIR_PATH=$(abs_path "$1"); DATASET_PATH=$(abs_path "$2"); shift 2
+need_file "$MINDIR_PATH" MINDIR_PATH
+need_dir "$DATASET_PATH" DATASET_PATH
+
+run_step() {  # run_step NAME LOG CMD...: run one step; if it fails, stop here with its exit status
+  local name="$1" log="$2" status=0
+  shift 2
+  run_logged "$log" "$@" || status=$?
+  if [ "$status" -ne 0 ]; then
+    echo "error: $name failed with exit status $status (log: $PWD/$log); later steps not run" >&2
+    exit "$status"
+  fi
+}
+
+run_step preprocess preprocess.log "$PYTHON" "$REPO/preprocess.py" --dataset_path "$DATASET_PATH" "$@" \
+  --output_path preprocess_Result
+fresh_dir result_Files
+fresh_dir time_Result
+run_step inference infer.log "$PYTHON" -m src.infer_cpu --mindir_path "$MINDIR_PATH" \
+  --dataset_path preprocess_Result/img_data --output_dir .
+rm -f acc.log
+run_step postprocess postprocess.log "$PYTHON" "$REPO/postprocess.py" --result_path result_Files \
+  --label_path preprocess_Result/label --output acc.log
+echo "R@1: $(sed -n 's/^eval_recall: //p' acc.log) (acc.log in $PWD)"

@@ -1,2 +1,0 @@
-"""Kept for test modules that import the generator by its old name."""
-from src.demo_data import make_retrieval_dataset  # noqa: F401
