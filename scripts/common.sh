@@ -35,6 +35,16 @@ need_loss() {
   esac
 }
 
+CKPT_ARGS=()
+set_ckpt_args() {  # set_ckpt_args PATH NAME: CKPT_ARGS=(--ckpt_path ABS_PATH), or none for the word "none"
+  CKPT_ARGS=()
+  if [ "$1" != "none" ]; then
+    local path; path=$(abs_path "$1")
+    need_file "$path" "$2"
+    CKPT_ARGS=(--ckpt_path "$path")
+  fi
+}
+
 fresh_dir() {  # fresh_dir NAME: an empty folder NAME in the current directory, the old one kept as NAME.old
   if [ -e "$1" ]; then rm -rf "$1.old"; mv "$1" "$1.old"; fi
   mkdir -p "$1"

@@ -12,10 +12,7 @@ RANK_TABLE_FILE=$(abs_path "$1"); DATASET_PATH=$(abs_path "$2"); CKPT_PATH="$3";
 need_file "$RANK_TABLE_FILE" RANK_TABLE_FILE
 need_dir "$DATASET_PATH" DATASET_PATH
 need_loss "$LOSS_NAME"
-CKPT_ARGS=()
-if [ "$CKPT_PATH" != "none" ]; then
-  CKPT_PATH=$(abs_path "$CKPT_PATH"); need_file "$CKPT_PATH" PRETRAINED_CKPT_PATH; CKPT_ARGS=(--ckpt_path "$CKPT_PATH")
-fi
+set_ckpt_args "$CKPT_PATH" PRETRAINED_CKPT_PATH
 export RANK_TABLE_FILE RANK_SIZE="${RANK_SIZE:-8}" DEVICE_NUM="${RANK_SIZE:-8}"
 pids=()
 for ((i = 0; i < RANK_SIZE; i++)); do

@@ -12,10 +12,7 @@ DATASET_PATH=$(abs_path "$1"); LOSS_NAME="$2"; CKPT_PATH="$3"; shift 3
 need_dir "$DATASET_PATH" DATASET_PATH
 need_loss "$LOSS_NAME"
 WORKER_NUM="${WORKER_NUM:-8}"; need_int "$WORKER_NUM" WORKER_NUM
-CKPT_ARGS=()
-if [ "$CKPT_PATH" != "none" ]; then
-  CKPT_PATH=$(abs_path "$CKPT_PATH"); need_file "$CKPT_PATH" CHECKPOINT_PATH; CKPT_ARGS=(--ckpt_path "$CKPT_PATH")
-fi
+set_ckpt_args "$CKPT_PATH" CHECKPOINT_PATH
 MSRUN="$(dirname "$PYTHON")/msrun"; [ -x "$MSRUN" ] || MSRUN=msrun
 fresh_dir train_parallel
 run_logged train_parallel/log.txt "$MSRUN" --worker_num="$WORKER_NUM" --local_worker_num="$WORKER_NUM" \

@@ -11,10 +11,7 @@ DATASET_PATH=$(abs_path "$1"); CKPT_PATH="$2"; DEVICE_ID="$3"; LOSS_NAME="$4"; s
 need_dir "$DATASET_PATH" DATASET_PATH
 need_int "$DEVICE_ID" DEVICE_ID
 need_loss "$LOSS_NAME"
-CKPT_ARGS=()
-if [ "$CKPT_PATH" != "none" ]; then
-  CKPT_PATH=$(abs_path "$CKPT_PATH"); need_file "$CKPT_PATH" CKPT_PATH; CKPT_ARGS=(--ckpt_path "$CKPT_PATH")
-fi
+set_ckpt_args "$CKPT_PATH" CKPT_PATH
 fresh_dir train
 run_logged train/log.txt "$PYTHON" "$REPO/train.py" --device_target "${DEVICE_TARGET:-Ascend}" --device_id "$DEVICE_ID" \
   --loss_name "$LOSS_NAME" --dataset_path "$DATASET_PATH" --output_dir train "${CKPT_ARGS[@]}" "$@"
