@@ -1,7 +1,6 @@
 """Training callbacks: progress log with NaN stop, periodic checkpoints, periodic retrieval eval."""
 import math
 import os
-import re
 import time
 
 import numpy as np
@@ -95,7 +94,7 @@ def checkpoint_name(prefix, epoch, step):
 class CheckpointSaver(Callback):
     """Saves the whole training state (weights, optimizer moments, step) every `every_epochs` epochs and
     after the last one, as `<prefix>-<epoch>_<step>.ckpt` (MindSpore's naming), keeping the newest
-    `keep_max` of them. Files are written under a temporary name and renamed, so a crash never
+    `keep_max` of this run's. Files are written under a temporary name and renamed, so a crash never
     leaves half a checkpoint. Only the process with `enabled=True` (rank 0) writes.
     """
 
@@ -109,6 +108,7 @@ class CheckpointSaver(Callback):
         self.steps_per_epoch = int(steps_per_epoch)
         self.enabled = enabled
         self.last_saved = None
+        self.written = []
 
     def on_train_epoch_end(self, run_context):
         args = run_context.original_args()
@@ -120,16 +120,17 @@ class CheckpointSaver(Callback):
         save_checkpoint_atomic(args.train_network, path, {"epoch_num": epoch, "step_num": step})
         self.last_saved = path
         logger.info("saved checkpoint %s", path)
+        if path not in self.written:
+            self.written.append(path)
         self._rotate()
 
     def _rotate(self):
-        pattern = re.compile(re.escape(self.prefix) + r"-(\d+)_(\d+)\.ckpt")
-        saved = sorted((int(m.group(1)), name) for name in os.listdir(self.directory)
-                       if (m := pattern.fullmatch(name)))
-        saved = [os.path.join(self.directory, name) for _, name in saved]
-        for old in saved[:-self.keep_max]:
-            os.remove(old)
-            logger.info("removed old checkpoint %s (keep_checkpoint_max=%d)", old, self.keep_max)
+        """Delete this run's oldest checkpoints beyond keep_max (files of other runs are never touched)."""
+        while len(self.written) > self.keep_max:
+            old = self.written.pop(0)
+            if os.path.exists(old):
+                os.remove(old)
+                logger.info("removed old checkpoint %s (keep_checkpoint_max=%d)", old, self.keep_max)
 
 
 class EvalCallback(Callback):

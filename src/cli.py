@@ -9,7 +9,8 @@ logger = get_logger("metric_learn")
 
 # Errors a user can cause with their input (paths, lists, checkpoints, configs, diverging training):
 # reported as one line and exit status 1. Anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, NotADirectoryError, PermissionError)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, NotADirectoryError,
+               PermissionError)
 
 
 def add_common_arguments(parser):

@@ -62,7 +62,7 @@ class ArcMarginloss(nn.Cell):
             raise ValueError(f"ArcMarginloss needs class_num >= 2, got {class_num}")
         self.class_num = int(class_num)
         self.weight = Parameter(initializer(XavierUniform(), (feature_dim, self.class_num), ms.float32),
-                                name="weight")
+                                name="arcmargin.weight")
         self.scale = float(scale)
         self.cos_m = math.cos(margin)
         self.sin_m = math.sin(margin)

@@ -67,10 +67,22 @@ def _check_class_num(loss_name, cfg, images):
                          f"set class_num={images.num_classes}")
 
 
+def existing_checkpoints(ckpt_dir, prefix):
+    if not os.path.isdir(ckpt_dir):
+        return []
+    return sorted(name for name in os.listdir(ckpt_dir) if name.startswith(prefix + "-") and name.endswith(".ckpt"))
+
+
 def train(request, cfg):
     """Run one training stage. Returns a dict with the final checkpoint path and the best Recall@1."""
     is_writer = request.rank == 0
     ckpt_dir = os.path.join(request.output_dir, "ckpt")
+    prefix = checkpoint_prefix(request.loss_name)
+    earlier = existing_checkpoints(ckpt_dir, prefix)
+    if earlier and not request.resume:
+        raise FileExistsError(f"{ckpt_dir} already holds checkpoints of an earlier {request.loss_name} run "
+                              f"({', '.join(earlier[:3])}{', ...' if len(earlier) > 3 else ''}); choose another "
+                              f"--output_dir, or continue that run with --resume")
     if is_writer:
         save_config(cfg, os.path.join(request.output_dir, "config.yaml"))
     ms.set_seed(cfg.seed)
@@ -111,7 +123,6 @@ def train(request, cfg):
         load_strict(model.train_network, request.resume, what="training state", keep=("learning_rate",))
         logger.info("resumed from %s after epoch %d", request.resume, start_epoch)
 
-    prefix = checkpoint_prefix(request.loss_name)
     monitor = TrainMonitor(steps_per_epoch, cfg.epoch_size, cfg.batch_size * request.group_size, lr,
                            cfg.log_interval)
     saver = CheckpointSaver(ckpt_dir, prefix, cfg.save_checkpoint_epochs, cfg.keep_checkpoint_max, cfg.epoch_size,

@@ -231,3 +231,13 @@ def test_distributed_cpu_msrun_two_workers_keep_identical_weights(data, tmp_path
     assert any(not np.array_equal(r0[k], r1[k]) for k in r0 if "moving_" in k)
     for rank in (0, 1):
         assert "epoch: 1/1 done" in (out / f"worker_{rank}.log").read_text()
+
+
+def test_a_new_run_never_overwrites_an_earlier_runs_checkpoints(data, tmp_path):
+    earlier = tmp_path / "ckpt" / "resnet50_triplet-1_8.ckpt"
+    earlier.parent.mkdir()
+    earlier.write_bytes(b"an earlier run's weights")
+    log = python("train.py", "--loss_name", "triplet", "--dataset_path", data, "--output_dir", str(tmp_path),
+                 "--batch_size", "6", "--epoch_size", "1", *SMALL, expect=1)
+    assert re.search(r"ERROR .*already holds checkpoints of an earlier triplet run", log)
+    assert earlier.read_bytes() == b"an earlier run's weights"
