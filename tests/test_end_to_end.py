@@ -241,3 +241,12 @@ def test_a_new_run_never_overwrites_an_earlier_runs_checkpoints(data, tmp_path):
                  "--batch_size", "6", "--epoch_size", "1", *SMALL, expect=1)
     assert re.search(r"ERROR .*already holds checkpoints of an earlier triplet run", log)
     assert earlier.read_bytes() == b"an earlier run's weights"
+
+
+def test_arcmargin_stage_trains_backbone_and_class_weights(data, tmp_path):
+    log = python("train.py", "--loss_name", "arcmargin", "--dataset_path", data, "--output_dir", str(tmp_path),
+                 "--class_num", "8", "--batch_size", "12", "--epoch_size", "2", "--lr_max", "0.01", *SMALL)
+    assert len(epoch_mean_losses(log)) == 2
+    state = load_values(final_checkpoint(log))
+    assert state["arcmargin.weight"].shape == (2048, 8)
+    assert np.any(state["moments.arcmargin.weight"] != 0)  # the class weights are trained too
