@@ -1,6 +1,5 @@
 """Export the backbone (2048-d feature, inference mode) to MINDIR, ONNX or AIR."""
-from src.cli import add_common_arguments, make_parser, overrides_from_extra, run
-from src.config import load_config
+from src.cli import add_common_arguments, load_stage_config, make_parser, parse_with_overrides, run
 from src.context import init_context
 from src.export_model import EXPORT_FORMATS, build_feature_net, check_export_format, export_network
 from src.log import get_logger
@@ -22,14 +21,13 @@ def parse_args(argv=None):
                         help="batch of the exported input (not the config's training batch_size)")
     parser.add_argument("--l2_normalize", action="store_true", help="append x / sqrt(sum(x^2) + eps) to the output")
     parser.add_argument("--loss_name", default="triplet", help="stage whose config supplies image_size")
-    args, extra = parser.parse_known_args(argv)
-    args.overrides = overrides_from_extra(parser, extra)
+    args = parse_with_overrides(parser, argv)
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = load_config(args.loss_name, args.device_target, args.config, args.overrides)
+    cfg = load_stage_config(args)
     check_export_format(args.file_format, args.device_target)  # refuse AIR before any work
     init_context(args.device_target, args.device_id)
     net = build_feature_net(args.ckpt_file, args.l2_normalize)

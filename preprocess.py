@@ -1,8 +1,7 @@
 """Write an evaluation list as the offline runners' input: img_data/sop_<i>.bin and label/sop_<i>.bin."""
 import os
 
-from src.cli import add_common_arguments, make_parser, overrides_from_extra, run
-from src.config import load_config
+from src.cli import add_common_arguments, load_stage_config, make_parser, parse_with_overrides, run
 from src.infer_data import IMAGE_DIR, LABEL_DIR, preprocess_eval_list
 from src.log import get_logger
 
@@ -18,14 +17,13 @@ def parse_args(argv=None):
                         help=f"gets {IMAGE_DIR}/ and {LABEL_DIR}/ (an earlier output there is replaced)")
     parser.add_argument("--loss_name", default="triplet",
                         help="stage whose config supplies image_size / eval_resize / skip_bad")
-    args, extra = parser.parse_known_args(argv)
-    args.overrides = overrides_from_extra(parser, extra)
+    args = parse_with_overrides(parser, argv)
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = load_config(args.loss_name, args.device_target, args.config, args.overrides)
+    cfg = load_stage_config(args)
     if not os.path.isdir(args.dataset_path):
         raise FileNotFoundError(f"--dataset_path {args.dataset_path} is not a folder")
     count = preprocess_eval_list(args.dataset_path, args.eval_list, args.output_path, cfg, logger)

@@ -1,8 +1,7 @@
 """Train one stage of the recipe: softmax / arcmargin pre-training, triplet / quadruplet fine-tuning."""
 import os
 
-from src.cli import add_common_arguments, make_parser, overrides_from_extra, run
-from src.config import load_config
+from src.cli import add_common_arguments, load_stage_config, make_parser, parse_with_overrides, run
 from src.context import init_context
 from src.log import get_logger
 from src.loss import LOSS_NAMES
@@ -28,8 +27,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=None, help="random seed (config key seed)")
     parser.add_argument("--save_rank_checkpoint", action="store_true",
                         help="also write every rank's final weights to output_dir/rank_<r>/ (debugging aid)")
-    args, extra = parser.parse_known_args(argv)
-    args.overrides = overrides_from_extra(parser, extra)
+    args = parse_with_overrides(parser, argv)
     if args.seed is not None:
         args.overrides.append(f"seed={args.seed}")
     return args
@@ -37,7 +35,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = load_config(args.loss_name, args.device_target, args.config, args.overrides)
+    cfg = load_stage_config(args)
     for path, what in ((args.dataset_path, "--dataset_path"),):
         if not os.path.isdir(path):
             raise FileNotFoundError(f"{what} {path} is not a folder")

@@ -2,7 +2,7 @@
 import argparse
 import sys
 
-from src.config import DEVICES
+from src.config import DEVICES, load_config
 from src.log import get_logger, setup_logging
 
 logger = get_logger("metric_learn")
@@ -35,6 +35,18 @@ def overrides_from_extra(parser, extra):
         overrides.append(f"{key}={value}")
         i += 1
     return overrides
+
+
+def parse_with_overrides(parser, argv=None):
+    """parse_known_args, with the leftover `--key value` pairs as `args.overrides` (["key=value", ...])."""
+    args, extra = parser.parse_known_args(argv)
+    args.overrides = overrides_from_extra(parser, extra)
+    return args
+
+
+def load_stage_config(args):
+    """The config of args.loss_name on args.device_target (or args.config), with args.overrides applied."""
+    return load_config(args.loss_name, args.device_target, args.config, args.overrides)
 
 
 def make_parser(description):
