@@ -1,4 +1,5 @@
-"""Evaluate a checkpoint: Recall@1/10/100/1000 and MAP@R on a list of images (leave-one-out retrieval)."""
+"""Evaluate a checkpoint: Recall@K and MAP@R on a list of images (leave-one-out retrieval)."""
+import argparse
 import os
 
 import mindspore as ms
@@ -9,10 +10,22 @@ from src.config import load_config
 from src.context import init_context
 from src.features import evaluate_backbone, save_features
 from src.log import get_logger
-from src.metrics import format_metrics_table
+from src.metrics import DEFAULT_KS, format_metrics_table
 from src.resnet import ResNet50
+from src.visualize import draw_retrievals, save_image
 
 logger = get_logger("eval")
+
+
+def parse_ks(text):
+    """Parse --recall_ks: "1,10" -> (1, 10)."""
+    try:
+        ks = tuple(int(k) for k in str(text).split(","))
+    except ValueError:
+        ks = ()
+    if not ks or min(ks) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, like 1,10, got {text!r}")
+    return ks
 
 
 def parse_args(argv=None):
@@ -28,6 +41,11 @@ def parse_args(argv=None):
     parser.add_argument("--loss_name", default="triplet",
                         help="stage whose config supplies image_size / eval settings (seed's optional argument)")
     parser.add_argument("--save_features", default=None, help="write features, labels and paths to this .npz")
+    parser.add_argument("--save_retrievals", default=None, metavar="PNG",
+                        help="draw 6 queries (fixed seed) with their top-5 neighbours, framed green (same class) "
+                             "or red, with squared L2 distances, into this image")
+    parser.add_argument("--recall_ks", type=parse_ks, default=",".join(map(str, DEFAULT_KS)), metavar="K,K,...",
+                        help="the K of Recall@K (K above the list size is clipped with a warning)")
     args, extra = parser.parse_known_args(argv)
     args.overrides = overrides_from_extra(parser, extra)
     return args
@@ -43,10 +61,14 @@ def main(argv=None):
     backbone = ResNet50()
     if args.ckpt_path:
         load_backbone_checkpoint(backbone, args.ckpt_path)
-    metrics, features, labels, paths = evaluate_backbone(backbone, args.dataset_path, args.eval_list, cfg)
+    metrics, features, labels, paths = evaluate_backbone(backbone, args.dataset_path, args.eval_list, cfg,
+                                                         ks=args.recall_ks)
     if args.save_features:
         save_features(args.save_features, features, labels, paths)
         logger.info("features saved to %s", args.save_features)
+    if args.save_retrievals:
+        save_image(args.save_retrievals, draw_retrievals(features, labels, paths, root=args.dataset_path))
+        logger.info("retrievals drawn to %s", args.save_retrievals)
     print(format_metrics_table(metrics))
     print(f"eval_recall: {metrics['recall@1']:.4f}")
     print(f"result: {{'acc': {metrics['recall@1']:.4f}}} ckpt={args.ckpt_path or 'random init'}")
