@@ -30,7 +30,7 @@ SOFTMAX_EPOCHS=4 FINETUNE_EPOCHS=4
 COMMON=(--image_size 64 --hflip false --eval_batch_size 32)
 EVAL=(--dataset_path "$DATA" --eval_list test.txt --recall_ks 1,10 "${COMMON[@]}")
 START=$SECONDS
-step() { printf '\n=== [%s] %s\n' "$(date -u -d "@$((SECONDS - START))" +%M:%S)" "$*"; }
+step() { local t=$((SECONDS - START)); printf '\n=== [%02d:%02d] %s\n' $((t / 60)) $((t % 60)) "$*"; }
 recall() { sed -n 's/^eval_recall: //p' "$1"; }
 
 if [ -f "$DATA/test.txt" ]; then
@@ -58,6 +58,9 @@ final_ckpt() {  # final_ckpt STAGE EPOCHS: the stage's final checkpoint, or noth
   done
   return 0
 }
+need_ckpt() {  # need_ckpt PATH STAGE: stop with a message when a finished stage left no final checkpoint
+  if [ -z "$1" ]; then echo "error: the $2 stage wrote no final checkpoint under $OUT/$2/ckpt" >&2; exit 1; fi
+}
 SOFTMAX_CKPT=$(final_ckpt softmax "$SOFTMAX_EPOCHS")
 if [ -n "$SOFTMAX_CKPT" ]; then
   step "stage 1: softmax pre-training: reusing $SOFTMAX_CKPT"
@@ -67,6 +70,7 @@ else
     --class_num "$CLASSES" --batch_size 32 --epoch_size "$SOFTMAX_EPOCHS" --lr_max 0.05 --lr_decay_mode cosine \
     --log_interval 6 "${COMMON[@]}"
   SOFTMAX_CKPT=$(final_ckpt softmax "$SOFTMAX_EPOCHS")
+  need_ckpt "$SOFTMAX_CKPT" softmax
 fi
 step "evaluation after softmax pre-training"
 "$PY" "$REPO/eval.py" --ckpt_path "$SOFTMAX_CKPT" "${EVAL[@]}" | tee "$OUT/eval_softmax.txt"
@@ -81,6 +85,7 @@ else
     --ckpt_path "$SOFTMAX_CKPT" --batch_size 30 --samples_each_class "$VIEWS" --epoch_size "$FINETUNE_EPOCHS" \
     --lr_max 0.01 --log_interval 6 "${COMMON[@]}"
   FINETUNE_CKPT=$(final_ckpt quadruplet "$FINETUNE_EPOCHS")
+  need_ckpt "$FINETUNE_CKPT" quadruplet
 fi
 step "evaluation after quadruplet fine-tuning, with the retrieval picture"
 "$PY" "$REPO/eval.py" --ckpt_path "$FINETUNE_CKPT" "${EVAL[@]}" --save_retrievals "$OUT/retrievals.png" \
