@@ -1,31 +1,19 @@
 """Evaluate a checkpoint: Recall@K and MAP@R on a list of images (leave-one-out retrieval)."""
-import argparse
 import os
 
 import mindspore as ms
 
 from src.checkpoint import load_backbone_checkpoint
-from src.cli import add_common_arguments, make_parser, overrides_from_extra, run
+from src.cli import add_common_arguments, add_recall_ks_argument, make_parser, overrides_from_extra, run
 from src.config import load_config
 from src.context import init_context
 from src.features import evaluate_backbone, save_features
 from src.log import get_logger
-from src.metrics import DEFAULT_KS, format_metrics_table
+from src.metrics import format_metrics_table
 from src.resnet import ResNet50
 from src.visualize import draw_retrievals, save_image
 
 logger = get_logger("eval")
-
-
-def parse_ks(text):
-    """Parse --recall_ks: "1,10" -> (1, 10)."""
-    try:
-        ks = tuple(int(k) for k in str(text).split(","))
-    except ValueError:
-        ks = ()
-    if not ks or min(ks) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, like 1,10, got {text!r}")
-    return ks
 
 
 def parse_args(argv=None):
@@ -44,8 +32,7 @@ def parse_args(argv=None):
     parser.add_argument("--save_retrievals", default=None, metavar="PNG",
                         help="draw 6 queries (fixed seed) with their top-5 neighbours, framed green (same class) "
                              "or red, with squared L2 distances, into this image")
-    parser.add_argument("--recall_ks", type=parse_ks, default=",".join(map(str, DEFAULT_KS)), metavar="K,K,...",
-                        help="the K of Recall@K (K above the list size is clipped with a warning)")
+    add_recall_ks_argument(parser)
     args, extra = parser.parse_known_args(argv)
     args.overrides = overrides_from_extra(parser, extra)
     return args

@@ -2,7 +2,7 @@
 import argparse
 import os
 
-from src.cli import run
+from src.cli import add_recall_ks_argument, run
 from src.infer_data import evaluate_results, load_results, write_atomic
 from src.log import get_logger
 from src.resnet import FEATURE_DIM
@@ -18,6 +18,7 @@ def parse_args(argv=None):
     parser.add_argument("--label_path", default="./preprocess_Result/label", help="preprocess's label folder")
     parser.add_argument("--output", default="acc.log", help="report file (metrics table and eval_recall line)")
     parser.add_argument("--feature_dim", type=int, default=FEATURE_DIM, help="float32 values per result file")
+    add_recall_ks_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -25,7 +26,7 @@ def main(argv=None):
     args = parse_args(argv)
     features, labels, _ = load_results(args.result_path, args.label_path, args.feature_dim)
     logger.info("%d results, %d classes", len(labels), len(set(labels.tolist())))
-    _, report = evaluate_results(features, labels, logger)
+    _, report = evaluate_results(features, labels, logger, ks=args.recall_ks)
     write_atomic(args.output, report)
     print(report, end="")
     print(f"report: {os.path.abspath(args.output)}")

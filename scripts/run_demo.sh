@@ -96,7 +96,7 @@ step "export to MindIR"
 
 step "CPU inference chain: preprocess -> MindIR runner -> postprocess (log: $OUT/infer/chain.log)"
 mkdir -p "$OUT/infer"
-if ! (cd "$OUT/infer" && bash "$REPO/scripts/run_infer_cpu.sh" "$OUT/resnet50.mindir" "$DATA" \
+if ! (cd "$OUT/infer" && RECALL_KS=1,10 bash "$REPO/scripts/run_infer_cpu.sh" "$OUT/resnet50.mindir" "$DATA" \
       --eval_list test.txt "${COMMON[@]}" > chain.log 2>&1); then
   tail -n 20 "$OUT/infer/chain.log" >&2
   echo "error: the inference chain failed (log: $OUT/infer/chain.log)" >&2

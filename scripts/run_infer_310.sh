@@ -6,6 +6,7 @@ usage() {
   echo "  DEVICE_ID defaults to 0. preprocess.py options (e.g. --eval_list test.txt --image_size 224; default"
   echo "  list test_half.txt) must match the exported MindIR. Writes build.log, preprocess.log, infer.log,"
   echo "  postprocess.log, preprocess_Result/, result_Files/, time_Result/ and acc.log in the current folder."
+  echo "  RECALL_KS=1,10 (environment) sets the K of Recall@K reported in acc.log (default 1,10,100,1000)."
 }
 source "$(dirname "$0")/common.sh"
 [ $# -ge 2 ] || die_usage "at least 2 arguments needed, got $#"
@@ -39,5 +40,5 @@ run_step inference infer.log bash -c 'set +u; source "$1"; shift; exec "$@"' _ "
   --device_id="$DEVICE_ID"
 rm -f acc.log
 run_step postprocess postprocess.log "$PYTHON" "$REPO/postprocess.py" --result_path result_Files \
-  --label_path preprocess_Result/label --output acc.log
+  --label_path preprocess_Result/label --output acc.log --recall_ks "${RECALL_KS:-1,10,100,1000}"
 echo "R@1: $(sed -n 's/^eval_recall: //p' acc.log) (acc.log in $PWD)"

@@ -4,6 +4,7 @@ import sys
 
 from src.config import DEVICES, load_config
 from src.log import get_logger, setup_logging
+from src.metrics import DEFAULT_KS
 
 logger = get_logger("metric_learn")
 
@@ -16,6 +17,23 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointErro
 def add_common_arguments(parser):
     parser.add_argument("--device_target", default="CPU", choices=DEVICES, help="device to run on")
     parser.add_argument("--config", default=None, help="YAML config (default: src/configs/<loss_name>.yaml)")
+
+
+def parse_ks(text):
+    """Parse --recall_ks: "1,10" -> (1, 10)."""
+    try:
+        ks = tuple(int(k) for k in str(text).split(","))
+    except ValueError:
+        ks = ()
+    if not ks or min(ks) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, like 1,10, got {text!r}")
+    return ks
+
+
+def add_recall_ks_argument(parser):
+    """--recall_ks (eval.py, postprocess.py): the K of Recall@K."""
+    parser.add_argument("--recall_ks", type=parse_ks, default=",".join(map(str, DEFAULT_KS)), metavar="K,K,...",
+                        help="the K of Recall@K (K above the number of other images is clipped with a warning)")
 
 
 def overrides_from_extra(parser, extra):

@@ -19,7 +19,7 @@ import numpy as np
 from src.dataset import drop_bad_images, eval_transform, load_image, read_image_list
 from src.features import l2_normalize_rows
 from src.log import Progress
-from src.metrics import format_metrics_table, retrieval_metrics
+from src.metrics import DEFAULT_KS, format_metrics_table, retrieval_metrics
 from src.resnet import FEATURE_DIM
 
 IMAGE_DIR = "img_data"
@@ -189,8 +189,9 @@ def load_results(result_path, label_path, feature_dim=FEATURE_DIM):
     return features, labels, [os.path.basename(results_at[i]) for i in indices]
 
 
-def evaluate_results(features, labels, logger=None):
-    """(metrics, report text): retrieval metrics of the L2-normalised features and the acc.log text."""
-    metrics = retrieval_metrics(l2_normalize_rows(features), labels, logger=logger)
+def evaluate_results(features, labels, logger=None, ks=DEFAULT_KS):
+    """(metrics, report text): retrieval metrics (Recall@K for `ks`) of the L2-normalised features and the
+    acc.log text."""
+    metrics = retrieval_metrics(l2_normalize_rows(features), labels, ks=ks, logger=logger)
     report = f"{format_metrics_table(metrics)}\neval_recall: {metrics['recall@1']:.4f}\n"
     return metrics, report

@@ -113,6 +113,25 @@ def test_postprocess_names_a_missing_result_file(chain, tmp_path):
     assert not (tmp_path / "acc.log").exists()
 
 
+def test_postprocess_recall_ks(chain, tmp_path):
+    """--recall_ks picks the K of Recall@K in acc.log (no clipping warning for K that fit); values match brute force."""
+    work = chain["work"]
+    log = run([sys.executable, os.path.join(ROOT, "postprocess.py"), "--result_path", str(work / "result_Files"),
+               "--label_path", str(work / "preprocess_Result" / "label"), "--output", str(tmp_path / "acc.log"),
+               "--recall_ks", "1,5"])
+    acc = (tmp_path / "acc.log").read_text()
+    reported = dict(re.findall(r"^recall@(\d+)\s+([0-9.]+)$", acc, re.M))
+    assert sorted(reported) == ["1", "5"] and "WARNING" not in log, log
+    features, labels, _ = load_results(str(work / "result_Files"), str(work / "preprocess_Result" / "label"))
+    x = l2_normalize_rows(features).astype(np.float64)
+    dist = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(dist, np.inf)
+    nearest = np.argsort(dist, axis=1, kind="stable")[:, :5]
+    for k in (1, 5):
+        expected = np.mean([(labels[row[:k]] == labels[i]).any() for i, row in enumerate(nearest)])
+        assert float(reported[str(k)]) == pytest.approx(expected, abs=5e-5)
+
+
 def test_result_files_must_match_the_labels(chain, tmp_path):
     results = tmp_path / "result_Files"
     labels = str(chain["work"] / "preprocess_Result" / "label")
