@@ -14,6 +14,9 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import synthetic_images  # noqa: E402
 
 from src.dataset import IMAGENET_MEAN, IMAGENET_STD, create_dataset, random_resized_crop_box  # noqa: E402
 from src.log import get_logger, setup_logging  # noqa: E402
@@ -22,21 +25,10 @@ logger = get_logger("bench_data")
 
 
 def make_jpegs(folder, count, side, num_classes=20):
-    """Photo-like JPEGs (gradients, shapes, noise: compress like real photos) and a list file."""
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32) / side
-    lines = []
-    for i in range(count):
-        base = rng.uniform(0, 255, 3) * (0.5 + 0.5 * np.stack([xx, yy, 1 - xx], axis=2))
-        image = base + rng.normal(0, 12, (side, side, 3))
-        for _ in range(5):
-            center = tuple(int(v) for v in rng.integers(0, side, 2))
-            cv2.circle(image, center, int(rng.integers(10, side // 4)), rng.uniform(0, 255, 3).tolist(), -1)
-        cv2.imwrite(os.path.join(folder, f"{i}.jpg"), np.clip(image, 0, 255).astype(np.uint8),
-                    [cv2.IMWRITE_JPEG_QUALITY, 90])
-        lines.append(f"{i}.jpg {i % num_classes}")
+    """`count` photo-like JPEGs and a list file (list.txt, labels i % num_classes)."""
+    synthetic_images.make_jpegs(folder, count, side)
     with open(os.path.join(folder, "list.txt"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write("".join(f"{i}.jpg {i % num_classes}\n" for i in range(count)))
 
 
 def plain_loop(folder, count, size, rounds):

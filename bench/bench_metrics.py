@@ -212,7 +212,7 @@ def fmt_gb(num_bytes):
     return "—" if num_bytes is None else f"{num_bytes / 1e9:.2f}"
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[5000, 20000, 60502])
     parser.add_argument("--dims", type=int, nargs="+", default=[512, 2048])
@@ -223,7 +223,7 @@ def main():
     parser.add_argument("--worker", choices=sorted(METHODS), help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--dim", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.worker:
         worker(args.worker, args.n, args.dim)
         return
