@@ -1,0 +1,256 @@
+"""Where a training step's time goes, per kind of operator, in our MindSpore network and in the PyTorch reference.
+
+Usage:
+  python bench/profile_ops.py [--size 64 --batch 33] [--steps 3] [--eval] [--markdown out.md]
+
+Both frameworks run the bare step on one fixed random batch (no data pipeline): ours is
+ResNet50 + Tripletloss + Momentum in a TrainOneStepCell (GRAPH mode, what train.py's Model runs on
+CPU), timed with mindspore.Profiler; the reference is bench_train.torch_resnet50 with the same loss
+and SGD momentum, timed with torch.profiler, under the tuned jemalloc of bench_train (PyTorch's
+faster allocator here). `--eval` profiles a forward pass in inference mode instead.
+
+It prints milliseconds per step for each operator kind (self time, summed over calls), the bare
+step time, and which oneDNN implementation each framework's convolutions run (ONEDNN_VERBOSE).
+"""
+import argparse
+import collections
+import csv
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_train import JEMALLOC, TUNED_MALLOC_CONF, torch_resnet50  # noqa: E402
+
+RESULT_TAG = "PROFILE_RESULT "
+# Operator kind -> (MindSpore op types, PyTorch aten ops). Self times; PyTorch computes the data and
+# weight gradients of a convolution in one op, MindSpore in two.
+KINDS = {
+    "convolution forward": (("Conv2D",), ("aten::mkldnn_convolution",)),
+    "convolution backward": (("Conv2DBackpropInput", "Conv2DBackpropFilter"), ("aten::convolution_backward",)),
+    "batch norm forward": (("BatchNorm",), ("aten::native_batch_norm", "aten::_native_batch_norm_legit_no_training")),
+    "batch norm backward": (("BatchNormGrad",), ("aten::native_batch_norm_backward",)),
+    "ReLU forward + backward": (("ReLU", "ReluGrad"), ("aten::relu_", "aten::clamp_min_", "aten::clamp_min",
+                                                       "aten::relu", "aten::threshold_backward")),
+    "max pool forward + backward": (("MaxPool", "MaxPoolGrad"), ("aten::max_pool2d_with_indices",
+                                                                 "aten::max_pool2d_with_indices_backward")),
+    "residual add": (("Add",), ("aten::add",)),
+    "optimizer (momentum, weight decay)": (("ApplyMomentum", "AddN", "Mul"), ("aten::add_", "aten::mul_",
+                                                                               "aten::_foreach_add_",
+                                                                               "aten::_foreach_mul_")),
+}
+
+
+def triplet_labels(batch):
+    return np.array([0, 0, 1] * (batch // 3), np.int32)
+
+
+def ms_step(size, batch, evaluate):
+    """Our bare step (training, or an inference forward) on one fixed random batch."""
+    import mindspore as ms
+    from mindspore import nn
+
+    from src.config import load_config
+    from src.context import init_context
+    from src.loss import create_loss
+    from src.resnet import ResNet50
+
+    init_context("CPU")
+    ms.set_seed(1)
+    cfg = load_config("triplet", "CPU")
+    net = ResNet50()
+    x = ms.Tensor(np.random.default_rng(0).random((batch, 3, size, size), np.float32))
+    if evaluate:
+        net.set_train(False)
+        return lambda: net(x).asnumpy()
+    optimizer = nn.Momentum(net.trainable_params(), cfg.lr_max, cfg.momentum, weight_decay=cfg.weight_decay)
+    train = nn.TrainOneStepCell(nn.WithLossCell(net, create_loss("triplet", cfg)), optimizer)
+    y = ms.Tensor(triplet_labels(batch))
+    return lambda: train(x, y).asnumpy()
+
+
+def torch_step(size, batch, evaluate):
+    """The PyTorch reference's bare step on one fixed random batch."""
+    import torch
+
+    from src.config import load_config
+
+    cfg = load_config("triplet", "CPU")
+    torch.manual_seed(1)
+    model = torch_resnet50()
+    x = torch.from_numpy(np.random.default_rng(0).random((batch, 3, size, size), np.float32))
+    if evaluate:
+        model.eval()
+
+        def forward():
+            with torch.inference_mode():
+                return model(x).numpy()
+        return forward
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr_max, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+
+    def step():
+        emb = model(x)
+        e = emb / torch.sqrt((emb * emb).sum(1, keepdim=True) + 1e-12)
+        a, p, n = e[0::3], e[1::3], e[2::3]
+        loss = torch.relu(((a - p) ** 2).sum(1) - ((a - n) ** 2).sum(1) + cfg.margin).sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+    return step
+
+
+def profile_ms(step, steps):
+    import mindspore as ms
+
+    out = tempfile.mkdtemp(prefix="ms_profile_")
+    try:
+        profiler = ms.Profiler(output_path=out, start_profile=False)
+        profiler.start()
+        for _ in range(steps):
+            step()
+        profiler.stop()
+        profiler.analyse()
+        (table,) = glob.glob(os.path.join(out, "**", "cpu_op_type_info_*.csv"), recursive=True)
+        with open(table) as f:
+            return {row["op_type"]: float(row["total_compute_time"]) / steps for row in csv.DictReader(f)}
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def profile_torch(step, steps):
+    import torch
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    per_op = collections.defaultdict(float)
+    for event in prof.key_averages():
+        per_op[event.key] += event.self_cpu_time_total / 1000 / steps
+    return dict(per_op)
+
+
+def worker(framework, size, batch, steps, evaluate, profile=True):
+    """Warm-up step, `steps` timed steps, then (profile) `steps` profiled ones. Prints the result line."""
+    step = (ms_step if framework == "ms" else torch_step)(size, batch, evaluate)
+    step()  # compilation / warm-up
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    result = {"step_ms": 1000 * float(np.median(times)), "executed_steps": 1 + steps}
+    if profile:
+        result["per_op_ms"] = (profile_ms if framework == "ms" else profile_torch)(step, steps)
+    print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+def by_kind(result, framework):
+    """{kind: ms per step} over KINDS, plus 'everything else' = profiled total - the kinds."""
+    column = 0 if framework == "ms" else 1
+    per_op = result["per_op_ms"]
+    kinds = {kind: sum(per_op.get(op, 0.0) for op in ops[column]) for kind, ops in KINDS.items()}
+    kinds["everything else"] = sum(per_op.values()) - sum(kinds.values())
+    return kinds
+
+
+def conv_implementations(framework, size, batch, evaluate):
+    """oneDNN convolution implementations the framework runs ({name: count}), read from ONEDNN_VERBOSE."""
+    env = _env(framework, ONEDNN_VERBOSE="1")
+    args = [sys.executable, os.path.abspath(__file__), "--worker", framework, "--size", str(size), "--batch",
+            str(batch), "--steps", "1", "--no-profile"] + (["--eval"] if evaluate else [])
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{framework} ONEDNN_VERBOSE run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    counts = collections.Counter()
+    for line in proc.stdout.splitlines():
+        fields = line.split(",")
+        if line.startswith("onednn_verbose") and len(fields) > 8 and fields[3:6] == ["exec", "cpu", "convolution"]:
+            layout = fields[8].split()[0].split(":")[4]
+            counts[f"{fields[6]} {fields[7]} on {layout}"] += 1
+    return {name: n // 2 for name, n in counts.items()}  # warm-up step + one step
+
+
+def _env(framework, **extra):
+    env = dict(os.environ, PYTHONPATH=ROOT, GLOG_v="3", **extra)
+    env.pop("LD_PRELOAD", None)
+    if framework == "torch" and os.path.exists(JEMALLOC):
+        env.update(LD_PRELOAD=JEMALLOC, MALLOC_CONF=TUNED_MALLOC_CONF)
+    return env
+
+
+def run_worker(framework, size, batch, steps, evaluate, timeout=1800):
+    args = [sys.executable, os.path.abspath(__file__), "--worker", framework, "--size", str(size), "--batch",
+            str(batch), "--steps", str(steps)] + (["--eval"] if evaluate else [])
+    proc = subprocess.run(args, env=_env(framework), capture_output=True, text=True, timeout=timeout)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
+    if proc.returncode != 0 or not lines:
+        output = (proc.stdout + proc.stderr)[-3000:]
+        raise RuntimeError(f"{framework} profile failed (exit {proc.returncode}):\n{output}")
+    return json.loads(lines[-1][len(RESULT_TAG):])
+
+
+def format_report(ms_result, torch_result, size, batch, evaluate, ms_convs, torch_convs):
+    what = f"{'inference forward' if evaluate else 'training step'} {size}², batch {batch}"
+    ms_kinds, torch_kinds = by_kind(ms_result, "ms"), by_kind(torch_result, "torch")
+    lines = [f"Per-operator time of one {what} (ms per step, self time; bare step, no data pipeline)", "",
+             "| operator kind | MindSpore 2.10 | PyTorch (tuned jemalloc) | MindSpore / PyTorch |", "|---|---|---|---|"]
+    for kind in ms_kinds:
+        a, b = ms_kinds[kind], torch_kinds[kind]
+        if a < 0.05 and b < 0.05:
+            continue
+        ratio = f"{a / b:.2f}" if b > 0 else "—"
+        lines.append(f"| {kind} | {a:.0f} | {b:.0f} | {ratio} |")
+    a, b = sum(ms_kinds.values()), sum(torch_kinds.values())
+    lines.append(f"| profiled total | {a:.0f} | {b:.0f} | {a / b:.2f} |")
+    a, b = ms_result["step_ms"], torch_result["step_ms"]
+    lines.append(f"| step time without profiler (median) | {a:.0f} | {b:.0f} | {a / b:.2f} |")
+    lines += ["", "oneDNN convolution implementations (calls per step, from ONEDNN_VERBOSE):",
+              f"- MindSpore: {_fmt_counts(ms_convs)}", f"- PyTorch: {_fmt_counts(torch_convs)}"]
+    return "\n".join(lines)
+
+
+def _fmt_counts(counts):
+    return ", ".join(f"{name} x{n}" for name, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "none seen"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=33)
+    parser.add_argument("--steps", type=int, default=3, help="profiled steps (after one warm-up step)")
+    parser.add_argument("--eval", action="store_true", help="inference forward pass instead of a training step")
+    parser.add_argument("--markdown", default=None, help="also write the report here")
+    parser.add_argument("--worker", choices=("ms", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--no-profile", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if not args.eval and args.batch % 3:
+        parser.error(f"--batch {args.batch}: triplet batches are a multiple of 3")
+    if args.worker:
+        worker(args.worker, args.size, args.batch, args.steps, args.eval, profile=not args.no_profile)
+        return 0
+    results = {fw: run_worker(fw, args.size, args.batch, args.steps, args.eval) for fw in ("ms", "torch")}
+    convs = {fw: conv_implementations(fw, args.size, args.batch, args.eval) for fw in ("ms", "torch")}
+    text = format_report(results["ms"], results["torch"], args.size, args.batch, args.eval, convs["ms"],
+                         convs["torch"])
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""The training benchmark's bookkeeping: variant parsing, the summary and its ratios, the per-operator grouping.
+
+The measurements themselves need PyTorch (a benchmark-only dependency) and minutes of CPU; these tests check
+the arithmetic that turns raw step times into the published table, against values worked out by hand.
+"""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+
+import bench_train  # noqa: E402
+import profile_ops  # noqa: E402
+
+
+def test_parse_variant_modifiers():
+    spec = bench_train.parse_variant("ms+jemalloc+jit=O1+threads=3+workers=1+env:FOO=bar")
+    assert spec["framework"] == "ms" and spec["jemalloc"] == "tuned" and spec["jit"] == "O1"
+    assert spec["threads"] == 3 and spec["workers"] == 1 and spec["env"] == {"FOO": "bar"}
+    assert bench_train.parse_variant("torch+jemalloc-default+passive")["env"] == {"OMP_WAIT_POLICY": "PASSIVE"}
+    with pytest.raises(ValueError, match="must start with 'ms' or 'torch'"):
+        bench_train.parse_variant("tf+jemalloc")
+    with pytest.raises(ValueError, match="malformed modifier 'jit=O1'"):
+        bench_train.parse_variant("torch+jit=O1")  # a MindSpore-only option
+    with pytest.raises(ValueError, match="malformed modifier 'threads=two'"):
+        bench_train.parse_variant("ms+threads=two")
+
+
+def _train_result(variant, steps, cpu, config="train64b33"):
+    return {"variant": variant, "config": config, "image_size": 64, "batch": 33, "step_times": steps,
+            "cycle_times": steps, "cpu_times": cpu}
+
+
+def test_summary_medians_and_ratio_to_the_fastest_torch_variant():
+    results = [
+        _train_result("ms", [1.0, 1.2, 1.1], [2.0, 2.0, 2.2]),
+        _train_result("ms", [1.3, 0.9, 1.4], [2.1, 2.3, 2.4]),  # second round
+        _train_result("torch", [0.9, 0.8, 1.0], [1.8, 1.6, 1.7]),
+        _train_result("torch+jemalloc", [0.7, 0.6, 0.8], [1.5, 1.2, 1.4]),
+    ]
+    variants = ["ms", "torch", "torch+jemalloc"]
+    summary = bench_train.summarize(results, ["train64b33"], variants)["train64b33"]
+    assert summary["ms"]["median_s"] == pytest.approx(np.median([1.0, 1.2, 1.1, 1.3, 0.9, 1.4]))  # 1.15
+    assert summary["ms"]["round_medians"] == pytest.approx([1.1, 1.3])
+    assert summary["ms"]["min_s"] == pytest.approx(0.9)
+    assert summary["ms"]["runs"] == 2
+    table = bench_train.format_tables({"train64b33": summary}, variants)
+    row = next(line for line in table.splitlines() if line.startswith("| train 64²"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # median table: ms 1.15 s against the faster torch variant (jemalloc, 0.7 s) -> 1.64
+    assert cells[1].startswith("1.15 s (1.10–1.30)") and cells[3].startswith("0.70 s")
+    assert cells[-1] == f"{1.15 / 0.7:.2f}"
+
+
+def test_eval_rows_report_images_per_second():
+    result = {"variant": "ms", "config": "eval224b32", "image_size": 224, "batch": 32, "cycle_times": [2.0, 4.0],
+              "cpu_times": [3.0, 3.0], "images": 64, "total_s": 8.0}
+    summary = bench_train.summarize([result], ["eval224b32"], ["ms"])
+    assert summary["eval224b32"]["ms"]["end_to_end_images_s"] == [8.0]
+    table = bench_train.format_tables(summary, ["ms"])
+    assert "| extract 224², batch 32 | 10.7 img/s |" in table  # 32 images / median 3.0 s
+
+
+def test_operator_kinds_partition_the_profiled_time():
+    ms_ops = {"Conv2D": 300.0, "Conv2DBackpropInput": 400.0, "Conv2DBackpropFilter": 330.0, "ReLU": 10.0,
+              "ReluGrad": 15.0, "ApplyMomentum": 40.0, "AddN": 20.0, "Mul": 9.0, "Tile": 5.0}
+    kinds = profile_ops.by_kind({"per_op_ms": ms_ops}, "ms")
+    assert kinds["convolution forward"] == 300.0 and kinds["convolution backward"] == 730.0
+    assert kinds["ReLU forward + backward"] == 25.0 and kinds["optimizer (momentum, weight decay)"] == 69.0
+    assert kinds["everything else"] == 5.0
+    assert sum(kinds.values()) == pytest.approx(sum(ms_ops.values()))
+    torch_kinds = profile_ops.by_kind({"per_op_ms": {"aten::convolution_backward": 500.0, "aten::empty": 3.0}},
+                                      "torch")
+    assert torch_kinds["convolution backward"] == 500.0 and torch_kinds["everything else"] == 3.0
