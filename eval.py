@@ -4,8 +4,14 @@ import os
 import mindspore as ms
 
 from src.checkpoint import load_backbone_checkpoint
-from src.cli import add_common_arguments, add_recall_ks_argument, make_parser, overrides_from_extra, run
-from src.config import load_config
+from src.cli import (
+    add_common_arguments,
+    add_recall_ks_argument,
+    load_stage_config,
+    make_parser,
+    parse_with_overrides,
+    run,
+)
 from src.context import init_context
 from src.features import evaluate_backbone, save_features
 from src.log import get_logger
@@ -33,14 +39,12 @@ def parse_args(argv=None):
                         help="draw 6 queries (fixed seed) with their top-5 neighbours, framed green (same class) "
                              "or red, with squared L2 distances, into this image")
     add_recall_ks_argument(parser)
-    args, extra = parser.parse_known_args(argv)
-    args.overrides = overrides_from_extra(parser, extra)
-    return args
+    return parse_with_overrides(parser, argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = load_config(args.loss_name, args.device_target, args.config, args.overrides)
+    cfg = load_stage_config(args)
     if not os.path.isdir(args.dataset_path):
         raise FileNotFoundError(f"--dataset_path {args.dataset_path} is not a folder")
     init_context(args.device_target, args.device_id)

@@ -21,8 +21,7 @@ def parse_args(argv=None):
                         help="batch of the exported input (not the config's training batch_size)")
     parser.add_argument("--l2_normalize", action="store_true", help="append x / sqrt(sum(x^2) + eps) to the output")
     parser.add_argument("--loss_name", default="triplet", help="stage whose config supplies image_size")
-    args = parse_with_overrides(parser, argv)
-    return args
+    return parse_with_overrides(parser, argv)
 
 
 def main(argv=None):

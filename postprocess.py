@@ -2,8 +2,9 @@
 import argparse
 import os
 
+from src.atomic_file import write_atomic
 from src.cli import add_recall_ks_argument, run
-from src.infer_data import evaluate_results, load_results, write_atomic
+from src.infer_data import evaluate_results, load_results
 from src.log import get_logger
 from src.resnet import FEATURE_DIM
 

@@ -17,8 +17,7 @@ def parse_args(argv=None):
                         help=f"gets {IMAGE_DIR}/ and {LABEL_DIR}/ (an earlier output there is replaced)")
     parser.add_argument("--loss_name", default="triplet",
                         help="stage whose config supplies image_size / eval_resize / skip_bad")
-    args = parse_with_overrides(parser, argv)
-    return args
+    return parse_with_overrides(parser, argv)
 
 
 def main(argv=None):

@@ -15,9 +15,10 @@ import numpy as np
 from mindspore import nn
 from mindspore.train import mind_ir_pb2
 
+from src.atomic_file import write_atomic
 from src.cli import run
 from src.context import init_context
-from src.infer_data import RESULT_DIR, list_input_files, read_array, result_name, write_atomic, write_latency
+from src.infer_data import RESULT_DIR, list_input_files, read_array, result_name, write_latency
 from src.log import Progress, get_logger
 
 logger = get_logger("infer_cpu")

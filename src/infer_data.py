@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from src.atomic_file import write_atomic
 from src.dataset import drop_bad_images, eval_transform, load_image, read_image_list
 from src.features import l2_normalize_rows
 from src.log import Progress
@@ -30,8 +31,6 @@ TIME_FILE = "test_perform_static.txt"
 _SAMPLE = re.compile(r"sop_(\d+)\.bin")
 _RESULT = re.compile(r"sop_(\d+)_0\.bin")
 _LISTED = 5
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 def sample_name(index):
@@ -41,22 +40,6 @@ def sample_name(index):
 def result_name(input_file, output_index=0):
     """result_Files name of output `output_index` for input `input_file` (sop_3.bin -> sop_3_0.bin)."""
     return f"{os.path.splitext(os.path.basename(input_file))[0]}_{output_index}.bin"
-
-
-def write_atomic(path, data):
-    """Write bytes (or a str) to `path` via a temporary file in the same folder and a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make reports private
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _listed(names):

@@ -7,12 +7,12 @@ to the query on L2-normalised features (0 = same direction, 4 = opposite; equal 
 query is not its own neighbour, and exact ties go to the lower index.
 """
 import os
-import tempfile
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from src.atomic_file import write_atomic
 from src.metrics import normalize_rows
 
 # RGB frame colours.
@@ -185,17 +185,4 @@ def save_image(path, image):
         ok = False
     if not ok:
         raise ValueError(f"{path}: OpenCV cannot write images of type {suffix!r}")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".retrievals-", suffix=suffix, dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.tobytes())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the picture is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_atomic(path, data.tobytes())
