@@ -315,6 +315,38 @@ def torch_resnet50():
     return ResNet50()
 
 
+def torch_triplet_loss(torch, emb, margin):
+    """Tripletloss with sum reduction on L2-normalised embeddings of consecutive (anchor, positive, negative)
+    rows, as src/loss.py's."""
+    x = emb / torch.sqrt((emb * emb).sum(1, keepdim=True) + 1e-12)
+    anchor, positive, negative = x[0::3], x[1::3], x[2::3]
+    return torch.relu(((anchor - positive) ** 2).sum(1) - ((anchor - negative) ** 2).sum(1) + margin).sum()
+
+
+def torch_sgd(torch, model, cfg):
+    """SGD momentum with the config's lr and weight decay, the decay not on BatchNorm parameters (as
+    MindSpore's Momentum, whose default filter skips gamma and beta)."""
+    bn_params = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
+    decay = [p for p in model.parameters() if id(p) not in bn_params]
+    no_decay = [p for p in model.parameters() if id(p) in bn_params]
+    return torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr_max, momentum=cfg.momentum)
+
+
+def subprocess_env(jemalloc=None, extra=None):
+    """Environment for a measured process: this one's, without an inherited allocator; `jemalloc` None,
+    "tuned" or "default" preloads jemalloc (tuned: with TUNED_MALLOC_CONF); `extra` variables on top."""
+    env = dict(os.environ, PYTHONPATH=ROOT, GLOG_v="3", PYTHONUNBUFFERED="1")
+    env.pop("LD_PRELOAD", None)
+    env.pop("MALLOC_CONF", None)
+    env.update(extra or {})
+    if jemalloc:
+        env["LD_PRELOAD"] = JEMALLOC
+        if jemalloc == "tuned":
+            env["MALLOC_CONF"] = TUNED_MALLOC_CONF
+    return env
+
+
 class _TokenDataset:
     """A torch map-style dataset over src.dataset.ImageSource: same decoding and transforms as ours."""
 
@@ -368,20 +400,12 @@ def run_torch_train(job):
 
     model = torch_resnet50()
     model.train()
-    decay = [p for n, p in model.named_parameters() if not n.rsplit(".", 1)[0].endswith(("bn1", "bn2", "bn3"))
-             and ".down.1." not in n]
-    no_decay = [p for n, p in model.named_parameters() if all(p is not q for q in decay)]
-    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr_max, momentum=cfg.momentum)
-    margin = cfg.margin
+    optimizer = torch_sgd(torch, model, cfg)
 
     step_times, ends, losses, cpu_times = [], [], [], []
     for image, _ in loader:
         start, cpu_start = time.monotonic(), time.process_time()
-        emb = model(image)
-        x = emb / torch.sqrt((emb * emb).sum(1, keepdim=True) + 1e-12)
-        anchor, positive, negative = x[0::3], x[1::3], x[2::3]
-        loss = torch.relu(((anchor - positive) ** 2).sum(1) - ((anchor - negative) ** 2).sum(1) + margin).sum()
+        loss = torch_triplet_loss(torch, model(image), cfg.margin)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -469,14 +493,7 @@ def measure(variant, config, image_size, batch, steps, data_dir, pool, timeout):
     kind = CONFIGS[config][0]
     job = {"spec": spec, "kind": kind, "image_size": image_size, "batch": batch, "steps": steps,
            "data_dir": data_dir, "pool": pool}
-    env = dict(os.environ, PYTHONPATH=ROOT, GLOG_v="3", PYTHONUNBUFFERED="1")
-    env.pop("LD_PRELOAD", None)
-    env.pop("MALLOC_CONF", None)
-    env.update(spec["env"])
-    if spec["jemalloc"]:
-        env["LD_PRELOAD"] = JEMALLOC
-        if spec["jemalloc"] == "tuned":
-            env["MALLOC_CONF"] = TUNED_MALLOC_CONF
+    env = subprocess_env(spec["jemalloc"], spec["env"])
     load_before = load_average()[0]
     start = time.monotonic()
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(job)], env=env,

@@ -30,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_train import JEMALLOC, TUNED_MALLOC_CONF, torch_resnet50  # noqa: E402
+from bench_train import JEMALLOC, subprocess_env, torch_resnet50, torch_sgd, torch_triplet_loss  # noqa: E402
 
 RESULT_TAG = "PROFILE_RESULT "
 # Operator kind -> (MindSpore op types, PyTorch aten ops). Self times; PyTorch computes the data and
@@ -96,14 +96,10 @@ def torch_step(size, batch, evaluate):
             with torch.inference_mode():
                 return model(x).numpy()
         return forward
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr_max, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
+    optimizer = torch_sgd(torch, model, cfg)
 
     def step():
-        emb = model(x)
-        e = emb / torch.sqrt((emb * emb).sum(1, keepdim=True) + 1e-12)
-        a, p, n = e[0::3], e[1::3], e[2::3]
-        loss = torch.relu(((a - p) ** 2).sum(1) - ((a - n) ** 2).sum(1) + cfg.margin).sum()
+        loss = torch_triplet_loss(torch, model(x), cfg.margin)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -167,10 +163,7 @@ def by_kind(result, framework):
 
 def conv_implementations(framework, size, batch, evaluate):
     """oneDNN convolution implementations the framework runs ({name: count}), read from ONEDNN_VERBOSE."""
-    env = _env(framework, ONEDNN_VERBOSE="1")
-    args = [sys.executable, os.path.abspath(__file__), "--worker", framework, "--size", str(size), "--batch",
-            str(batch), "--steps", "1", "--no-profile"] + (["--eval"] if evaluate else [])
-    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=1800)
+    proc = _run_worker(framework, size, batch, 1, evaluate, "--no-profile", ONEDNN_VERBOSE="1")
     if proc.returncode != 0:
         raise RuntimeError(f"{framework} ONEDNN_VERBOSE run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     counts = collections.Counter()
@@ -182,18 +175,16 @@ def conv_implementations(framework, size, batch, evaluate):
     return {name: n // 2 for name, n in counts.items()}  # warm-up step + one step
 
 
-def _env(framework, **extra):
-    env = dict(os.environ, PYTHONPATH=ROOT, GLOG_v="3", **extra)
-    env.pop("LD_PRELOAD", None)
-    if framework == "torch" and os.path.exists(JEMALLOC):
-        env.update(LD_PRELOAD=JEMALLOC, MALLOC_CONF=TUNED_MALLOC_CONF)
-    return env
-
-
-def run_worker(framework, size, batch, steps, evaluate, timeout=1800):
+def _run_worker(framework, size, batch, steps, evaluate, *options, **env):
+    """This script as a worker subprocess (PyTorch with the tuned jemalloc when installed); its CompletedProcess."""
     args = [sys.executable, os.path.abspath(__file__), "--worker", framework, "--size", str(size), "--batch",
-            str(batch), "--steps", str(steps)] + (["--eval"] if evaluate else [])
-    proc = subprocess.run(args, env=_env(framework), capture_output=True, text=True, timeout=timeout)
+            str(batch), "--steps", str(steps), *options] + (["--eval"] if evaluate else [])
+    jemalloc = "tuned" if framework == "torch" and os.path.exists(JEMALLOC) else None
+    return subprocess.run(args, env=subprocess_env(jemalloc, env), capture_output=True, text=True, timeout=1800)
+
+
+def run_worker(framework, size, batch, steps, evaluate):
+    proc = _run_worker(framework, size, batch, steps, evaluate)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
     if proc.returncode != 0 or not lines:
         output = (proc.stdout + proc.stderr)[-3000:]
