@@ -58,35 +58,36 @@ final_ckpt() {  # final_ckpt STAGE EPOCHS: the stage's final checkpoint, or noth
   done
   return 0
 }
-need_ckpt() {  # need_ckpt PATH STAGE: stop with a message when a finished stage left no final checkpoint
-  if [ -z "$1" ]; then echo "error: the $2 stage wrote no final checkpoint under $OUT/$2/ckpt" >&2; exit 1; fi
+# train_stage STAGE EPOCHS TITLE [train.py options...]: reuse the stage's final checkpoint if it exists, else
+# train the stage (stopping with a message if it leaves no final checkpoint); sets STAGE_CKPT.
+train_stage() {
+  local stage="$1" epochs="$2" title="$3"
+  shift 3
+  STAGE_CKPT=$(final_ckpt "$stage" "$epochs")
+  if [ -n "$STAGE_CKPT" ]; then
+    step "$title: reusing $STAGE_CKPT"
+    return 0
+  fi
+  step "$title"
+  "$PY" "$REPO/train.py" --loss_name "$stage" --dataset_path "$DATA" --output_dir "$OUT/$stage" \
+    --epoch_size "$epochs" --log_interval 6 "$@" "${COMMON[@]}"
+  STAGE_CKPT=$(final_ckpt "$stage" "$epochs")
+  if [ -z "$STAGE_CKPT" ]; then
+    echo "error: the $stage stage wrote no final checkpoint under $OUT/$stage/ckpt" >&2
+    exit 1
+  fi
 }
-SOFTMAX_CKPT=$(final_ckpt softmax "$SOFTMAX_EPOCHS")
-if [ -n "$SOFTMAX_CKPT" ]; then
-  step "stage 1: softmax pre-training: reusing $SOFTMAX_CKPT"
-else
-  step "stage 1: softmax pre-training on $CLASSES training products"
-  "$PY" "$REPO/train.py" --loss_name softmax --dataset_path "$DATA" --output_dir "$OUT/softmax" \
-    --class_num "$CLASSES" --batch_size 32 --epoch_size "$SOFTMAX_EPOCHS" --lr_max 0.05 --lr_decay_mode cosine \
-    --log_interval 6 "${COMMON[@]}"
-  SOFTMAX_CKPT=$(final_ckpt softmax "$SOFTMAX_EPOCHS")
-  need_ckpt "$SOFTMAX_CKPT" softmax
-fi
+
+train_stage softmax "$SOFTMAX_EPOCHS" "stage 1: softmax pre-training on $CLASSES training products" \
+  --class_num "$CLASSES" --batch_size 32 --lr_max 0.05 --lr_decay_mode cosine
+SOFTMAX_CKPT=$STAGE_CKPT
 step "evaluation after softmax pre-training"
 "$PY" "$REPO/eval.py" --ckpt_path "$SOFTMAX_CKPT" "${EVAL[@]}" | tee "$OUT/eval_softmax.txt"
 
 # Quadruplet (the seed's margin sample mining) on P x K batches: 6 products x all 5 of their views.
-FINETUNE_CKPT=$(final_ckpt quadruplet "$FINETUNE_EPOCHS")
-if [ -n "$FINETUNE_CKPT" ]; then
-  step "stage 2: quadruplet fine-tuning: reusing $FINETUNE_CKPT"
-else
-  step "stage 2: quadruplet fine-tuning from $SOFTMAX_CKPT"
-  "$PY" "$REPO/train.py" --loss_name quadruplet --dataset_path "$DATA" --output_dir "$OUT/quadruplet" \
-    --ckpt_path "$SOFTMAX_CKPT" --batch_size 30 --samples_each_class "$VIEWS" --epoch_size "$FINETUNE_EPOCHS" \
-    --lr_max 0.01 --log_interval 6 "${COMMON[@]}"
-  FINETUNE_CKPT=$(final_ckpt quadruplet "$FINETUNE_EPOCHS")
-  need_ckpt "$FINETUNE_CKPT" quadruplet
-fi
+train_stage quadruplet "$FINETUNE_EPOCHS" "stage 2: quadruplet fine-tuning from $SOFTMAX_CKPT" \
+  --ckpt_path "$SOFTMAX_CKPT" --batch_size 30 --samples_each_class "$VIEWS" --lr_max 0.01
+FINETUNE_CKPT=$STAGE_CKPT
 step "evaluation after quadruplet fine-tuning, with the retrieval picture"
 "$PY" "$REPO/eval.py" --ckpt_path "$FINETUNE_CKPT" "${EVAL[@]}" --save_retrievals "$OUT/retrievals.png" \
   | tee "$OUT/eval_quadruplet.txt"
