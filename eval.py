@@ -1,4 +1,7 @@
 """Evaluate a checkpoint: Recall@K and MAP@R on a list of images (leave-one-out retrieval)."""
+import src.runtime_env  # noqa: F401  (first: CPU dispatch and BLAS kernel, before numpy and mindspore load)
+
+# isort: split
 import os
 
 import mindspore as ms

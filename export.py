@@ -1,4 +1,7 @@
 """Export the backbone (2048-d feature, inference mode) to MINDIR, ONNX or AIR."""
+import src.runtime_env  # noqa: F401  (first: CPU dispatch and BLAS kernel, before numpy and mindspore load)
+
+# isort: split
 from src.cli import add_common_arguments, load_stage_config, make_parser, parse_with_overrides, run
 from src.context import init_context
 from src.export_model import EXPORT_FORMATS, build_feature_net, check_export_format, export_network

@@ -1,4 +1,7 @@
 """Retrieval metrics of offline-inference results: result_Files/sop_<i>_0.bin paired with label/sop_<i>.bin."""
+import src.runtime_env  # noqa: F401  (first: CPU dispatch and BLAS kernel, before numpy and mindspore load)
+
+# isort: split
 import argparse
 import os
 

@@ -1,4 +1,7 @@
 """Write an evaluation list as the offline runners' input: img_data/sop_<i>.bin and label/sop_<i>.bin."""
+import src.runtime_env  # noqa: F401  (first: CPU dispatch and BLAS kernel, before numpy and mindspore load)
+
+# isort: split
 import os
 
 from src.cli import add_common_arguments, load_stage_config, make_parser, parse_with_overrides, run

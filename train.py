@@ -1,4 +1,7 @@
 """Train one stage of the recipe: softmax / arcmargin pre-training, triplet / quadruplet fine-tuning."""
+import src.runtime_env  # noqa: F401  (first: CPU dispatch and BLAS kernel, before numpy and mindspore load)
+
+# isort: split
 import os
 
 from src.cli import add_common_arguments, load_stage_config, make_parser, parse_with_overrides, run

@@ -4,16 +4,22 @@ Usage: python bench/bench_data.py [--images 200] [--image-size 224] [--workers 1
 Generates ~500x500 JPEGs in a temporary folder, then times create_dataset("softmax") (decode,
 RandomResizedCrop, flip, normalise, CHW, batch) per worker count against cv2 calls in a loop.
 """
-import argparse
 import os
 import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+import src.runtime_env  # noqa: E402,F401  (first: CPU dispatch and BLAS kernel, before numpy loads)
+
+# isort: split
+import argparse
 import tempfile
 import time
 
 import cv2
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import synthetic_images  # noqa: E402

@@ -35,22 +35,26 @@ within a round, their order reversed every other round. A variant is a base and 
 Step time = from the batch being handed to the step until its loss is on the host (data waiting
 excluded, as TrainMonitor does); cycle = time between consecutive step ends (data waiting included).
 """
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+import src.runtime_env  # noqa: E402,F401  (first: CPU dispatch and BLAS kernel, before numpy loads)
+
+# isort: split
 import argparse
 import functools
 import json
 import logging
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from synthetic_images import make_jpegs  # noqa: E402

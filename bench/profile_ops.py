@@ -12,22 +12,27 @@ faster allocator here). `--eval` profiles a forward pass in inference mode inste
 It prints milliseconds per step for each operator kind (self time, summed over calls), the bare
 step time, and which oneDNN implementation each framework's convolutions run (ONEDNN_VERBOSE).
 """
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+import src.runtime_env  # noqa: E402,F401  (first: CPU dispatch and BLAS kernel, before numpy loads)
+
+# isort: split
 import argparse
 import collections
 import csv
 import glob
 import json
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_train import JEMALLOC, subprocess_env, torch_resnet50, torch_sgd, torch_triplet_loss  # noqa: E402

@@ -1,8 +1,9 @@
 """One logging format for the project, and a progress reporter (done/total, rate, ETA)."""
 import logging
-import os
 import sys
 import time
+
+from src import runtime_env
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _configured = False
@@ -14,8 +15,7 @@ def setup_logging(level=logging.INFO):
     if not _configured:
         logging.basicConfig(level=level, format=LOG_FORMAT, datefmt="%H:%M:%S", stream=sys.stderr)
         _configured = True
-    # MindSpore's C++ side logs through glog; WARNING and above are kept (2), its INFO flood is not.
-    os.environ.setdefault("GLOG_v", "2")
+    runtime_env.log_choices(logging.getLogger("runtime_env"))
 
 
 def get_logger(name):
