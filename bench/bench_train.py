@@ -31,7 +31,10 @@ within a round, their order reversed every other round. A variant is a base and 
   +threadworkers     (ms) pipeline workers as threads (python_multiprocessing=False)
   +prefetch=N        (ms) mindspore.dataset.config.set_prefetch_size(N); (torch) prefetch_factor=N
   +passive           OMP_WAIT_POLICY=PASSIVE (OpenMP threads sleep instead of spinning: matters on a busy machine)
-  +env:KEY=VALUE     any environment variable for the measured process
+  +env:KEY=VALUE     any environment variable for the measured process, as a user would export it
+  +isa=X             ONEDNN_MAX_CPU_ISA=X as a user would export it (src/runtime_env.py keeps it); ALL is
+                     oneDNN's default, i.e. MindSpore without our setting
+  +steps=N           timed steps (eval: batches) for this variant, instead of --steps (for slow variants)
 Step time = from the batch being handed to the step until its loss is on the host (data waiting
 excluded, as TrainMonitor does); cycle = time between consecutive step ends (data waiting included).
 """
@@ -41,7 +44,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-import src.runtime_env  # noqa: E402,F401  (first: CPU dispatch and BLAS kernel, before numpy loads)
+from src import runtime_env  # noqa: E402  (first: CPU dispatch and BLAS kernel, before numpy loads)
 
 # isort: split
 import argparse
@@ -69,10 +72,13 @@ CONFIGS = {
     "train224b9": ("train", 224, 9),
     "train224b15": ("train", 224, 15),
     "train64b33": ("train", 64, 33),
+    "eval64b32": ("eval", 64, 32),
     "eval224b32": ("eval", 224, 32),
 }
 QUICK_SIZES = {"train": (32, 6), "eval": (32, 8)}
-DEFAULT_VARIANTS = ("ms", "ms+jemalloc", "torch", "torch+jemalloc")
+# ms: train.py as it runs (src/runtime_env.py's CPU dispatch); ms+isa=ALL: MindSpore's own default (oneDNN
+# uncapped, reference convolutions on AVX-512 CPUs: one timed step, it is 15-50x slower there).
+DEFAULT_VARIANTS = ("ms", "ms+isa=ALL+steps=1", "torch", "torch+jemalloc")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -84,7 +90,7 @@ def parse_variant(name):
     if base not in ("ms", "torch"):
         raise ValueError(f"variant {name!r}: must start with 'ms' or 'torch'")
     spec = {"framework": base, "jemalloc": None, "jit": None, "threads": None, "interop": None, "workers": None,
-            "prefetch": None, "thread_workers": False, "env": {}}
+            "prefetch": None, "thread_workers": False, "env": {}, "steps": None}
     for mod in mods:
         key, sep, value = mod.partition("=")
         if key in ("jemalloc", "jemalloc-default") and not sep:
@@ -93,11 +99,13 @@ def parse_variant(name):
             spec["env"]["OMP_WAIT_POLICY"] = "PASSIVE"
         elif key.startswith("env:") and sep:
             spec["env"][key[4:]] = value
+        elif key == "isa" and value:
+            spec["env"]["ONEDNN_MAX_CPU_ISA"] = value
         elif key == "threadworkers" and not sep and base == "ms":
             spec["thread_workers"] = True
         elif key == "jit" and value in ("O0", "O1", "O2") and base == "ms":
             spec["jit"] = value
-        elif key in ("threads", "interop", "workers", "prefetch") and value.isdigit():
+        elif key in ("threads", "interop", "workers", "prefetch", "steps") and value.isdigit():
             spec[key] = int(value)
         else:
             raise ValueError(f"variant {name!r}: unknown or malformed modifier {mod!r} (see --help)")
@@ -339,11 +347,15 @@ def torch_sgd(torch, model, cfg):
 
 def subprocess_env(jemalloc=None, extra=None):
     """Environment for a measured process: this one's, without an inherited allocator; `jemalloc` None,
-    "tuned" or "default" preloads jemalloc (tuned: with TUNED_MALLOC_CONF); `extra` variables on top."""
+    "tuned" or "default" preloads jemalloc (tuned: with TUNED_MALLOC_CONF); `extra` variables on top, as
+    the user's (src/runtime_env.py keeps them)."""
     env = dict(os.environ, PYTHONPATH=ROOT, GLOG_v="3", PYTHONUNBUFFERED="1")
     env.pop("LD_PRELOAD", None)
     env.pop("MALLOC_CONF", None)
-    env.update(extra or {})
+    extra = extra or {}
+    env.update(extra)
+    ours = [name for name in env.get(runtime_env.MARKER, "").split(",") if name and name not in extra]
+    env[runtime_env.MARKER] = ",".join(ours)
     if jemalloc:
         env["LD_PRELOAD"] = JEMALLOC
         if jemalloc == "tuned":
@@ -495,7 +507,7 @@ def measure(variant, config, image_size, batch, steps, data_dir, pool, timeout):
     """Run one measurement in a subprocess; returns its result dict (with 'load' and 'wall_s')."""
     spec = parse_variant(variant)
     kind = CONFIGS[config][0]
-    job = {"spec": spec, "kind": kind, "image_size": image_size, "batch": batch, "steps": steps,
+    job = {"spec": spec, "kind": kind, "image_size": image_size, "batch": batch, "steps": spec["steps"] or steps,
            "data_dir": data_dir, "pool": pool}
     env = subprocess_env(spec["jemalloc"], spec["env"])
     load_before = load_average()[0]
@@ -550,7 +562,9 @@ def format_tables(summary, variants):
     ms_variants = [v for v in variants if v.startswith("ms")] if torch_variants else []
     out = []
     for metric, title, note in METRICS:
-        head = ["configuration"] + variants + [f"{v} / best torch" for v in ms_variants]
+        ms_alternatives = [v for v in variants if v.startswith("ms+")] if "ms" in variants else []
+        head = (["configuration"] + variants + [f"{v} / best torch" for v in ms_variants] +
+                [f"{v} / ms" for v in ms_alternatives])
         lines = [f"{title}: {note}. Training: seconds per step; extraction: images/s.", "",
                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for per_variant in summary.values():
@@ -575,6 +589,9 @@ def format_tables(summary, variants):
             for v in ms_variants:
                 s = per_variant.get(v)
                 cells.append(f"{s[metric] / best:.2f}" if s and best else "—")
+            for v in ms_alternatives:
+                s, ours = per_variant.get(v), per_variant.get("ms")
+                cells.append(f"{s[metric] / ours[metric]:.2f}" if s and ours else "—")
             lines.append("| " + " | ".join(cells) + " |")
         out.append("\n".join(lines))
     return "\n\n".join(out)
