@@ -34,7 +34,7 @@ within a round, their order reversed every other round. A variant is a base and 
   +env:KEY=VALUE     any environment variable for the measured process, as a user would export it
   +isa=X             ONEDNN_MAX_CPU_ISA=X as a user would export it (src/runtime_env.py keeps it); ALL is
                      oneDNN's default, i.e. MindSpore without our setting
-  +steps=N           timed steps (eval: batches) for this variant, instead of --steps (for slow variants)
+  +steps=N           timed steps (eval: batches, at least 2) for this variant, instead of --steps (for slow variants)
 Step time = from the batch being handed to the step until its loss is on the host (data waiting
 excluded, as TrainMonitor does); cycle = time between consecutive step ends (data waiting included).
 """
@@ -345,14 +345,17 @@ def torch_sgd(torch, model, cfg):
                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr_max, momentum=cfg.momentum)
 
 
-def subprocess_env(jemalloc=None, extra=None):
+def subprocess_env(jemalloc=None, extra=None, framework="ms"):
     """Environment for a measured process: this one's, without an inherited allocator; `jemalloc` None,
     "tuned" or "default" preloads jemalloc (tuned: with TUNED_MALLOC_CONF); `extra` variables on top, as
-    the user's (src/runtime_env.py keeps them)."""
+    the user's (src/runtime_env.py keeps them). PyTorch's own oneDNN runs uncapped (ONEDNN_MAX_CPU_ISA=ALL,
+    its default) unless `extra` says otherwise: our cap is for MindSpore's kernels, and the worker imports src."""
     env = dict(os.environ, PYTHONPATH=ROOT, GLOG_v="3", PYTHONUNBUFFERED="1")
     env.pop("LD_PRELOAD", None)
     env.pop("MALLOC_CONF", None)
-    extra = extra or {}
+    extra = dict(extra or {})
+    if framework == "torch" and not any(name in extra for name in runtime_env.ONEDNN_VARS):
+        extra["ONEDNN_MAX_CPU_ISA"] = "ALL"
     env.update(extra)
     ours = [name for name in env.get(runtime_env.MARKER, "").split(",") if name and name not in extra]
     env[runtime_env.MARKER] = ",".join(ours)
@@ -507,9 +510,12 @@ def measure(variant, config, image_size, batch, steps, data_dir, pool, timeout):
     """Run one measurement in a subprocess; returns its result dict (with 'load' and 'wall_s')."""
     spec = parse_variant(variant)
     kind = CONFIGS[config][0]
-    job = {"spec": spec, "kind": kind, "image_size": image_size, "batch": batch, "steps": spec["steps"] or steps,
+    steps = spec["steps"] or steps
+    if kind == "eval":
+        steps = max(steps, 2)  # a batch time is the gap between two batches' starts
+    job = {"spec": spec, "kind": kind, "image_size": image_size, "batch": batch, "steps": steps,
            "data_dir": data_dir, "pool": pool}
-    env = subprocess_env(spec["jemalloc"], spec["env"])
+    env = subprocess_env(spec["jemalloc"], spec["env"], spec["framework"])
     load_before = load_average()[0]
     start = time.monotonic()
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(job)], env=env,

@@ -185,7 +185,8 @@ def _run_worker(framework, size, batch, steps, evaluate, *options, **env):
     args = [sys.executable, os.path.abspath(__file__), "--worker", framework, "--size", str(size), "--batch",
             str(batch), "--steps", str(steps), *options] + (["--eval"] if evaluate else [])
     jemalloc = "tuned" if framework == "torch" and os.path.exists(JEMALLOC) else None
-    return subprocess.run(args, env=subprocess_env(jemalloc, env), capture_output=True, text=True, timeout=1800)
+    return subprocess.run(args, env=subprocess_env(jemalloc, env, framework), capture_output=True, text=True,
+                          timeout=1800)
 
 
 def run_worker(framework, size, batch, steps, evaluate):
