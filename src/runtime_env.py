@@ -7,7 +7,7 @@ nothing else sets these variables. Importing it applies `configure()` once per p
 Why (measured, bench/cpu_isa_results.md):
   - MindSpore 2.10's CPU convolutions hand oneDNN 3.10 plain NCHW tensors. On a CPU with AVX-512,
     oneDNN then runs every convolution that is not 1x1 through `jit_uni_ncsp:conv+ref:any`, a
-    reference kernel (0.3 GFLOP/s): training and extraction are 4-50x slower. Every AVX-512 ISA
+    reference kernel (0.3 GFLOP/s): training and extraction are 16-42x slower. Every AVX-512 ISA
     level oneDNN accepts (AVX512_CORE ... AVX10_1_512_AMX, ALL) does this; capped at AVX2, every
     convolution is `x64:gemm:jit`. So on AVX-512 CPUs we set ONEDNN_MAX_CPU_ISA=AVX2; on other CPUs
     oneDNN's own choice is already AVX2-or-lower and nothing is set.
@@ -82,7 +82,7 @@ def choose_onednn_isa(environ, flags, machine):
         return ONEDNN_ISA_FOR_AVX512, (
             f"oneDNN CPU dispatch: ONEDNN_MAX_CPU_ISA={ONEDNN_ISA_FOR_AVX512} (this CPU has AVX-512, where oneDNN "
             f"runs MindSpore's NCHW convolutions with reference kernels; capped at AVX2 they are JIT GEMM, "
-            f"measured 4-50x faster; export ONEDNN_MAX_CPU_ISA to choose otherwise)")
+            f"measured 16-42x faster; export ONEDNN_MAX_CPU_ISA to choose otherwise)")
     return None, "oneDNN CPU dispatch: oneDNN's default (no AVX-512 on this CPU: its JIT kernels are used as they are)"
 
 
