@@ -183,6 +183,8 @@ def _clip_ks(ks, gallery_size, log):
 def _evaluate(queries, gallery, query_class, gallery_class, leave_one_out, ks,
               memory_budget_bytes, progress_logger, num_threads):
     """The shared core: rank of the best positive, AP@R and R-precision for every query."""
+    from src.metrics_kernel import score_rows  # numba: compiled once per machine, then loaded from its cache
+
     num_queries, num_gallery = len(queries), len(gallery)
     warn_log = progress_logger or logger
     ks = _clip_ks(ks, num_gallery - 1 if leave_one_out else num_gallery, warn_log)
@@ -207,7 +209,6 @@ def _evaluate(queries, gallery, query_class, gallery_class, leave_one_out, ks,
     if num_threads is None:
         num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     num_threads = max(1, int(num_threads))
-    from src.metrics_kernel import score_rows  # numba: compiled on first use, cached per machine
 
     row_bytes = 4 * num_gallery
     block_rows = max(1, min(num_queries, memory_budget_bytes // row_bytes, _MAX_BLOCK_BYTES // row_bytes))
@@ -217,11 +218,10 @@ def _evaluate(queries, gallery, query_class, gallery_class, leave_one_out, ks,
     best_rank = np.empty(num_queries, dtype=np.int64)
     average_precision = np.zeros(num_queries, dtype=np.float64)
     r_precision = np.zeros(num_queries, dtype=np.float64)
-    query_class = np.ascontiguousarray(query_class, dtype=np.int64)
-    gallery_class = np.ascontiguousarray(gallery_class, dtype=np.int64)
-    num_pos = np.ascontiguousarray(num_pos, dtype=np.int64)
-    class_start, class_size = class_start.astype(np.int64), class_size.astype(np.int64)
-    order = order.astype(np.int64)
+    # One compiled signature: int64 index arrays (already so on 64-bit platforms).
+    query_class, gallery_class, num_pos, order, class_start, class_size = (
+        np.ascontiguousarray(a, dtype=np.int64)
+        for a in (query_class, gallery_class, num_pos, order, class_start, class_size))
     progress = (Progress(num_queries, "retrieval metrics", progress_logger, unit="queries")
                 if progress_logger is not None else None)
     with ThreadPoolExecutor(max_workers=num_threads) as pool:
@@ -233,10 +233,12 @@ def _evaluate(queries, gallery, query_class, gallery_class, leave_one_out, ks,
                 block[:, dup_cols] = block[:, dup_source]
             if leave_one_out:
                 block[np.arange(stop - start), np.arange(start, stop)] = -np.inf
-            jobs = [pool.submit(score_rows, block[lo - start:hi - start], query_class[lo:hi], num_pos[lo:hi],
-                                order, class_start, class_size, gallery_class, max_k, best_rank[lo:hi],
-                                average_precision[lo:hi], r_precision[lo:hi])
-                    for lo, hi in ((lo, min(lo + chunk_rows, stop)) for lo in range(start, stop, chunk_rows))]
+            jobs = []
+            for lo in range(start, stop, chunk_rows):
+                hi = min(lo + chunk_rows, stop)
+                jobs.append(pool.submit(score_rows, block[lo - start:hi - start], query_class[lo:hi],
+                                        num_pos[lo:hi], order, class_start, class_size, gallery_class, max_k,
+                                        best_rank[lo:hi], average_precision[lo:hi], r_precision[lo:hi]))
             for job in jobs:
                 job.result()
             if progress is not None:
