@@ -35,7 +35,7 @@ AVX512_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd")
 _AVX512_KERNELS = {"skylakex", "cooperlake", "sapphirerapids"}
 _AVX2_KERNELS = _AVX512_KERNELS | {"haswell", "zen", "excavator"}
 
-_state = {"configured": False, "messages": [], "logged": False, "blas_checked": False}
+_state = {"configured": False, "messages": [], "logged": False}
 
 
 def cpu_flags(cpuinfo_path="/proc/cpuinfo"):
@@ -167,10 +167,7 @@ def numpy_blas_kernels():
 
 
 def check_blas_kernel(logger):
-    """Once per process (numpy loaded): log the OpenBLAS kernel, warn if it is weaker than the CPU."""
-    if _state["blas_checked"]:
-        return
-    _state["blas_checked"] = True
+    """Log numpy's OpenBLAS kernel; warn if it is weaker than the CPU supports (loads numpy)."""
     flags = cpu_flags()
     for kernel in numpy_blas_kernels():
         warning = blas_kernel_warning(kernel, flags, os.environ)
