@@ -41,6 +41,7 @@ class TrainMonitor(Callback):
         self.run_start = None
         self.steps_done = 0
         self.epoch_start = self.step_start = 0.0
+        self.epoch_summary = None  # the last finished epoch's logged values (strings as logged), for history.csv
 
     def on_train_begin(self, run_context):
         self.run_start = time.monotonic()
@@ -82,9 +83,17 @@ class TrainMonitor(Callback):
     def on_train_epoch_end(self, run_context):
         epoch = run_context.original_args().cur_epoch_num
         elapsed = time.monotonic() - self.epoch_start
-        logger.info(f"epoch: {epoch}/{self.total_epochs} done, mean loss {np.mean(self.losses):.7f}, "
-                    f"last loss {self.losses[-1]:.7f}, epoch time {elapsed:.1f} s, "
-                    f"{self.images_per_step * len(self.losses) / max(elapsed, 1e-9):.1f} img/s")
+        global_step = epoch * self.steps_per_epoch
+        self.epoch_summary = {
+            "epoch": epoch,
+            "mean_loss": f"{np.mean(self.losses):.7f}",
+            "lr": f"{float(self.lr[min(global_step - 1, len(self.lr) - 1)]):.7f}",
+            "images_per_s": f"{self.images_per_step * len(self.losses) / max(elapsed, 1e-9):.1f}",
+        }
+        summary = self.epoch_summary
+        logger.info(f"epoch: {epoch}/{self.total_epochs} done, mean loss {summary['mean_loss']}, "
+                    f"last loss {self.losses[-1]:.7f}, lr {summary['lr']}, epoch time {elapsed:.1f} s, "
+                    f"{summary['images_per_s']} img/s")
 
 
 def checkpoint_name(prefix, epoch, step):
@@ -146,6 +155,7 @@ class EvalCallback(Callback):
         self.enabled = enabled
         self.best = -1.0
         self.history = []
+        self.last = None  # the last evaluation's logged values (strings as logged), for history.csv
 
     def on_train_epoch_end(self, run_context):
         args = run_context.original_args()
@@ -156,7 +166,8 @@ class EvalCallback(Callback):
         metrics = self.evaluate()
         recall = metrics["recall@1"]
         self.history.append((epoch, recall))
-        logger.info(f"epoch: {epoch} eval_recall: {recall:.4f} (MAP@R {metrics['map@r']:.4f}, "
+        self.last = {"epoch": epoch, "recall_at_1": f"{recall:.4f}", "map_at_r": f"{metrics['map@r']:.4f}"}
+        logger.info(f"epoch: {epoch} eval_recall: {self.last['recall_at_1']} (MAP@R {self.last['map_at_r']}, "
                     f"{time.monotonic() - start:.1f} s)")
         if recall > self.best:
             self.best = recall

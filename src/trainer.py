@@ -11,6 +11,8 @@ from src.checkpoint import load_backbone_checkpoint, load_strict, read_checkpoin
 from src.config import save_config
 from src.dataset import create_dataset, read_image_list
 from src.features import evaluate_backbone
+from src.history import FILE_NAME as HISTORY_FILE
+from src.history import HistoryWriter
 from src.log import get_logger
 from src.loss import create_loss
 from src.lr_generator import get_lr
@@ -97,7 +99,7 @@ def train(request, cfg):
                              seed=cfg.seed, start_epoch=start_epoch, rank=request.rank,
                              group_size=request.group_size, num_parallel_workers=cfg.num_parallel_workers,
                              samples_each_class=cfg.get("samples_each_class", 2), hflip=cfg.hflip,
-                             skip_bad=cfg.skip_bad)
+                             skip_bad=cfg.skip_bad, crop_scale_min=cfg.crop_scale_min)
     steps_per_epoch = dataset.get_dataset_size()
     if start_step != start_epoch * steps_per_epoch:
         raise ValueError(f"{request.resume} was written at step {start_step} after {start_epoch} epochs, but this "
@@ -135,6 +137,8 @@ def train(request, cfg):
 
         evaluator = EvalCallback(evaluate, cfg.eval_interval, ckpt_dir, prefix, cfg.epoch_size, enabled=is_writer)
         callbacks.append(evaluator)
+    callbacks.append(HistoryWriter(os.path.join(request.output_dir, HISTORY_FILE), monitor, evaluator, start_epoch,
+                                   enabled=is_writer))
     callbacks.append(saver)
 
     logger.info("training %s on %s: %d images, %d classes, %d steps per epoch x %d epochs (from epoch %d), "

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from src.demo_data import make_retrieval_dataset
+from src.history import read_history
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--image_size", "32", "--hflip", "false", "--num_parallel_workers", "1", "--eval_batch_size", "16"]
@@ -93,6 +94,22 @@ def test_softmax_training_lowers_the_loss_and_beats_the_untrained_backbone(recip
     assert best >= untrained + 0.05, (untrained, best)
     assert os.path.isfile(out / "softmax" / "ckpt" / "resnet50_softmax-best.ckpt")
     assert os.path.isfile(out / "softmax" / "config.yaml")
+
+
+def test_history_csv_has_one_row_per_epoch_with_the_logged_values(recipe):
+    out, logs, _ = recipe
+    rows = read_history(out / "softmax" / "history.csv")
+    logged = re.findall(r"epoch: (\d+)/8 done, mean loss ([0-9.]+), last loss [0-9.]+, lr ([0-9.]+), "
+                        r"epoch time [0-9.]+ s, ([0-9.]+) img/s", logs["softmax"])
+    evals = dict((int(e), (r, m)) for e, r, m in
+                 re.findall(r"epoch: (\d+) eval_recall: ([0-9.]+) \(MAP@R ([0-9.]+)", logs["softmax"]))
+    assert len(logged) == 8 and sorted(evals) == [4, 8]  # eval_interval 4
+    assert [row["epoch"] for row in rows] == [str(e) for e in range(1, 9)]
+    for row, (epoch, loss, lr, rate) in zip(rows, logged, strict=True):
+        recall, map_r = evals.get(int(epoch), ("", ""))
+        assert (row["epoch"], row["mean_loss"], row["lr"], row["images_per_s"], row["recall_at_1"],
+                row["map_at_r"]) == (epoch, loss, lr, rate, recall, map_r)
+    assert float(rows[-1]["lr"]) == pytest.approx(0.01)
 
 
 def test_metric_stages_write_backbone_checkpoints_named_after_the_loss(recipe):
