@@ -210,9 +210,9 @@ def random_resized_crop_box(height, width, rng, scale=(0.08, 1.0), ratio=(3 / 4,
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def train_transform(image, size, rng, hflip=True):
-    """RandomResizedCrop(size, scale (0.08, 1), ratio (3/4, 4/3), bicubic), random h-flip, normalise."""
-    top, left, h, w = random_resized_crop_box(image.shape[0], image.shape[1], rng)
+def train_transform(image, size, rng, hflip=True, crop_scale_min=0.08):
+    """RandomResizedCrop(size, scale (crop_scale_min, 1), ratio (3/4, 4/3), bicubic), random h-flip, normalise."""
+    top, left, h, w = random_resized_crop_box(image.shape[0], image.shape[1], rng, scale=(crop_scale_min, 1.0))
     crop = cv2.resize(image[top:top + h, left:left + w], (size, size), interpolation=INTERPOLATION)
     if hflip and rng.random() < 0.5:
         crop = crop[:, ::-1]
@@ -240,11 +240,12 @@ def eval_transform(image, size, resize="crop"):
 class ImageSource:
     """Random-access GeneratorDataset source: sample token -> (3xSxS float32 image, int32 label)."""
 
-    def __init__(self, images, image_size, train, hflip=True, eval_resize="crop"):
+    def __init__(self, images, image_size, train, hflip=True, eval_resize="crop", crop_scale_min=0.08):
         self.images = images
         self.image_size = int(image_size)
         self.train = train
         self.hflip = hflip
+        self.crop_scale_min = float(crop_scale_min)
         self.eval_resize = eval_resize
 
     def __len__(self):
@@ -254,7 +255,8 @@ class ImageSource:
         index, key = decode_token(token, len(self.images))
         image = load_image(self.images.full_path(index), self.images.where(index))
         if self.train:
-            out = train_transform(image, self.image_size, np.random.default_rng(key), self.hflip)
+            out = train_transform(image, self.image_size, np.random.default_rng(key), self.hflip,
+                                  self.crop_scale_min)
         else:
             out = eval_transform(image, self.image_size, self.eval_resize)
         return out, np.array(self.images.labels[index], np.int32)
@@ -262,7 +264,8 @@ class ImageSource:
 
 def create_dataset(dataset_path, list_file, batch_size, image_size, stage, seed=0, start_epoch=0, rank=0,
                    group_size=1, num_parallel_workers=2, samples_each_class=2, hflip=True,
-                   eval_resize="crop", skip_bad=False, drop_remainder=None, python_multiprocessing=True):
+                   eval_resize="crop", skip_bad=False, drop_remainder=None, python_multiprocessing=True,
+                   crop_scale_min=0.08):
     """The batched dataset of one stage, columns ("image" float32 NCHW, "label" int32).
 
     list_file is relative to dataset_path unless absolute, or an already read ImageList. Training
@@ -304,7 +307,9 @@ def create_dataset(dataset_path, list_file, batch_size, image_size, stage, seed=
         sampler = PKSampler(images.labels, batch_size // samples_each_class, samples_each_class, seed,
                             start_epoch, rank, group_size)
 
-    source = ImageSource(images, image_size, train, hflip, eval_resize)
+    if not 0 < crop_scale_min <= 1:
+        raise ValueError(f"crop_scale_min must be in (0, 1], got {crop_scale_min!r}")
+    source = ImageSource(images, image_size, train, hflip, eval_resize, crop_scale_min)
     workers = max(1, int(num_parallel_workers))
     dataset = ds.GeneratorDataset(source, column_names=["image", "label"], sampler=sampler,
                                   shuffle=False if sampler is None else None, num_parallel_workers=workers,

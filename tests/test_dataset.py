@@ -194,6 +194,28 @@ def test_train_transform_is_reproducible_and_flips():
         assert np.array_equal(flipped, plain) or np.array_equal(flipped, plain[:, :, ::-1])
 
 
+def test_crop_scale_min_bounds_the_crop_area():
+    image = np.random.default_rng(2).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    # scale (1, 1) on a square image: the whole image every time, whatever the draw
+    whole = reference_normalize(cv2.resize(image, (32, 32), interpolation=cv2.INTER_CUBIC))
+    for seed in range(5):
+        out = train_transform(image, 32, np.random.default_rng(seed), hflip=False, crop_scale_min=1.0)
+        np.testing.assert_allclose(out, whole, atol=1e-5)
+    areas = []
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        top, left, h, w = random_resized_crop_box(48, 48, rng, scale=(0.25, 1.0))
+        areas.append(h * w / 48 ** 2)
+    assert min(areas) >= 0.23 and max(areas) <= 1.0 and min(areas) < 0.35  # the bound is reached, not passed
+
+
+def test_crop_scale_min_is_checked(tmp_path):
+    write_jpeg(tmp_path / "a.jpg")
+    listed = write_list(tmp_path / "l.txt", "a.jpg 0\na.jpg 1\n")
+    with pytest.raises(ValueError, match="crop_scale_min must be in"):
+        create_dataset(str(tmp_path), listed, 2, 16, "softmax", crop_scale_min=0.0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Pipeline end to end (solid-colour PNGs: the colour encodes class and image, and survives every
 # crop, flip and resize exactly, so labels can be checked against pixels)
