@@ -128,7 +128,7 @@ def main(argv=None):
         return 0
 
     flags = runtime_env.cpu_flags()
-    header = (f"CPU: {cpu_model()}; AVX-512: {'yes' if runtime_env.has_avx512(flags) else 'no'}; flags: "
+    header = (f"CPU: {runtime_env.cpu_model()}; AVX-512: {'yes' if runtime_env.has_avx512(flags) else 'no'}; flags: "
               f"{' '.join(sorted(f for f in flags if f.startswith(('avx', 'amx', 'fma'))))}; ours on this CPU: "
               f"ONEDNN_MAX_CPU_ISA={runtime_env.choose_onednn_isa({}, flags, 'x86_64')[0] or '(unset)'}")
     print(header, file=sys.stderr, flush=True)
@@ -168,17 +168,6 @@ def merge_verbose(results):
     for r in results[1:]:
         total.update(r["primitives"])
     return {"primitives": total, "isa": results[0]["isa"]}
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def format_report(header, args, verbose, reference_impls, timings):

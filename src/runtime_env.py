@@ -38,16 +38,32 @@ _AVX2_KERNELS = _AVX512_KERNELS | {"haswell", "zen", "excavator"}
 _state = {"configured": False, "messages": [], "logged": False}
 
 
-def cpu_flags(cpuinfo_path="/proc/cpuinfo"):
-    """The CPU feature flags of the first processor in /proc/cpuinfo (empty where there is none)."""
+def _cpuinfo_field(name, cpuinfo_path):
+    """The value of the first `name : value` line of /proc/cpuinfo, or None."""
     try:
         with open(cpuinfo_path) as f:
             for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
+                if line.startswith(name):
+                    return line.split(":", 1)[1]
     except OSError:
         pass
-    return frozenset()
+    return None
+
+
+def cpu_flags(cpuinfo_path="/proc/cpuinfo"):
+    """The CPU feature flags of the first processor in /proc/cpuinfo (empty where there is none)."""
+    return frozenset((_cpuinfo_field("flags", cpuinfo_path) or "").split())
+
+
+def cpu_model(cpuinfo_path="/proc/cpuinfo"):
+    """The first processor's model name from /proc/cpuinfo, or "unknown"."""
+    return (_cpuinfo_field("model name", cpuinfo_path) or "unknown").strip()
+
+
+def cpu_class(flags=None):
+    """A label for timings and results: the CPU model and whether it has AVX-512."""
+    flags = cpu_flags() if flags is None else flags
+    return f"{cpu_model()}, {'with' if has_avx512(flags) else 'no'} AVX-512"
 
 
 def has_avx512(flags):

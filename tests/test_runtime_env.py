@@ -69,6 +69,13 @@ def test_cpu_flags_reads_the_first_processor(tmp_path):
     assert runtime_env.cpu_flags(str(tmp_path / "missing")) == frozenset()
 
 
+def test_cpu_model_reads_the_first_processor(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Some CPU @ 2.0GHz \nflags\t: fpu\n\nmodel name\t: Other\n")
+    assert runtime_env.cpu_model(str(info)) == "Some CPU @ 2.0GHz"
+    assert runtime_env.cpu_model(str(tmp_path / "missing")) == "unknown"
+
+
 def test_weak_blas_kernel_warns_naming_the_variable():
     text = runtime_env.blas_kernel_warning("Prescott", AVX512_BF16, {})
     assert "OPENBLAS_CORETYPE=Cooperlake" in text and "'Prescott'" in text
