@@ -46,17 +46,22 @@ def product_boxes(height, width, grid):
     return [(left + (j + 0.5) * side, top + (i + 0.5) * side, side) for i in range(grid) for j in range(grid)]
 
 
-def render_view(photo, box, size, rng):
+def render_view(photo, box, size, rng, rotation=25.0, shift=0.12, zoom=(0.75, 1.15), mirror=False):
     """One view of a product: jittered crop/scale/rotation, colour and brightness change, blur.
 
-    The light and colour change is what an untrained backbone is most sensitive to, and what training
-    on views can learn to ignore.
+    The camera turns by up to `rotation` degrees either way, moves by up to `shift` of the region's
+    side and frames `zoom` (low, high) times the region; `mirror` shows the product mirrored. The
+    light and colour change is what an untrained backbone is most sensitive to, and what training on
+    views can learn to ignore.
     """
     cx, cy, side = box
-    scale = size / (side * rng.uniform(0.75, 1.15))
-    angle = rng.uniform(-25, 25)
-    cx += rng.uniform(-0.12, 0.12) * side
-    cy += rng.uniform(-0.12, 0.12) * side
+    scale = size / (side * rng.uniform(*zoom))
+    angle = rng.uniform(-rotation, rotation)
+    cx += rng.uniform(-shift, shift) * side
+    cy += rng.uniform(-shift, shift) * side
+    if mirror:
+        photo = photo[:, ::-1]
+        cx = photo.shape[1] - 1 - cx
     matrix = cv2.getRotationMatrix2D((cx, cy), angle, scale)
     matrix[:, 2] += (size / 2 - cx, size / 2 - cy)
     view = cv2.warpAffine(photo, matrix, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REFLECT)
@@ -71,8 +76,10 @@ def render_view(photo, box, size, rng):
     return view
 
 
-def make_photo_dataset(root, grid=3, views=5, size=64, seed=0, photos=PHOTOS, test_regions=3):
-    """Write the demo set under `root`.
+def make_photo_dataset(root, grid=3, views=5, size=64, seed=0, photos=PHOTOS, test_regions=3, flip=False,
+                       **viewpoint):
+    """Write the demo set under `root`. `flip`: mirror each view with probability 1/2; `viewpoint`:
+    render_view's rotation, shift and zoom.
 
     Returns {"Ebay_train.txt": (images, products), "Ebay_test.txt": (images, products)}.
     """
@@ -95,7 +102,8 @@ def make_photo_dataset(root, grid=3, views=5, size=64, seed=0, photos=PHOTOS, te
             for v in range(views):
                 image_id += 1
                 rel = f"{folder}/{class_id}_{v}.JPG"
-                view = render_view(photo, box, size, rng)
+                mirror = flip and rng.random() < 0.5
+                view = render_view(photo, box, size, rng, mirror=mirror, **viewpoint)
                 cv2.imwrite(os.path.join(root, rel), cv2.cvtColor(view, cv2.COLOR_RGB2BGR),
                             [cv2.IMWRITE_JPEG_QUALITY, 92])
                 rows[split].append(f"{image_id} {class_id} {super_id} {rel}\n")
@@ -117,9 +125,15 @@ def main(argv=None):
     parser.add_argument("--views", type=int, default=5, help="images per product")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rotation", type=float, default=25.0, help="views turn by up to this many degrees")
+    parser.add_argument("--shift", type=float, default=0.12, help="views move by up to this part of the region")
+    parser.add_argument("--zoom", type=float, nargs=2, default=(0.75, 1.15), metavar=("LOW", "HIGH"),
+                        help="views frame LOW to HIGH times the region")
+    parser.add_argument("--flip", action="store_true", help="mirror half of the views")
     args = parser.parse_args(argv)
     summary = make_photo_dataset(args.output_path, args.grid, args.views, args.size, args.seed,
-                                 test_regions=args.test_regions)
+                                 test_regions=args.test_regions, rotation=args.rotation, shift=args.shift,
+                                 zoom=tuple(args.zoom), flip=args.flip)
     for name, (images, classes) in summary.items():
         print(f"{name}: {images} images of {classes} products")
 
