@@ -1,0 +1,329 @@
+"""Does training learn? The recipe's two branches on a larger photo set, epoch by epoch, next to the
+baselines that need no learning.
+
+Usage:
+  python bench/bench_learning.py [--output-dir DIR] [--markdown learning.md] [--plot learning.png]
+  python bench/bench_learning.py --quick        # tiny sizes, 1 epoch per stage: does it all run?
+
+The data is built from the photos inside the scikit-image wheel (src/demo_photos.py, the demo's views
+but more of them): 5 x 5 regions of each of the 19 photos are products, 5 per photo test products
+(95, none seen in training), the other 380 training products; 10 views each at 32 px, turned by any
+angle, half of them mirrored. Every stage is a real train.py run (--run_eval after every epoch, its
+history.csv read back); every evaluation is Recall@1 and MAP@R over the test products:
+
+  baselines: raw-pixel nearest neighbours (src/baselines.py, best of 8/16/32 px, RGB and gray), the
+             untrained backbone, BatchNorm statistics alone (the softmax batches at lr 0 for 1 epoch);
+  softmax:   pre-training from scratch; after every epoch also the classification accuracy and the
+             retrieval Recall@1 on a sample of the *training* products shaped like the test set (as
+             many products, all their views: learning vs memorising), and the relative change of the
+             backbone's weights since the epoch before;
+  triplet / quadruplet: fine-tuning from the softmax stage's final checkpoint (and the same weight
+             change, the first epoch's measured from that checkpoint).
+
+The table and the plot (Recall@1 and MAP@R against epoch, baselines as lines) go to --markdown and --plot.
+Takes about 35 minutes on 2 idle cores.
+"""
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+from src import runtime_env  # noqa: E402  (first: CPU dispatch and BLAS kernel, before numpy loads)
+
+# isort: split
+import argparse
+import re
+import subprocess
+import time
+
+import numpy as np
+
+DATA = {"grid": 5, "test_regions": 5, "views": 10, "size": 32, "rotation": 180.0, "flip": True}
+QUICK_DATA = {"grid": 2, "test_regions": 1, "views": 4, "size": 32, "rotation": 180.0, "flip": True,
+              "photos": ("astronaut", "coffee", "chelsea", "rocket")}
+AUGMENT = ["--hflip", "true", "--crop_scale_min", "0.25"]
+# Stage recipes (train.py options besides data, eval and checkpoints). The softmax one is the demo's with
+# more epochs; the fine-tuning rates were chosen on the demo's set (README "Performance").
+STAGES = {
+    "bn_only": ("softmax", 1, ["--batch_size", "64", "--lr_init", "0", "--lr_max", "0", "--lr_end", "0"]),
+    "softmax": ("softmax", 14, ["--batch_size", "64", "--lr_init", "0.01", "--lr_max", "0.1", "--warmup_epochs", "2",
+                                "--lr_decay_mode", "cosine"]),
+    "triplet": ("triplet", 3, ["--batch_size", "60", "--lr_max", "0.001", "--lr_decay_mode", "cosine"]),
+    "quadruplet": ("quadruplet", 8, ["--batch_size", "60", "--samples_each_class", "5", "--lr_max", "0.01",
+                                     "--lr_decay_mode", "cosine"]),
+}
+QUICK_EPOCHS = {"bn_only": 1, "softmax": 2, "triplet": 1, "quadruplet": 1}
+QUICK_STAGE_OPTIONS = {"quadruplet": ["--samples_each_class", "2", "--batch_size", "4"],
+                       "triplet": ["--batch_size", "6"], "softmax": ["--batch_size", "8"],
+                       "bn_only": ["--batch_size", "8"]}
+
+
+def log(message):
+    print(f"[bench_learning {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run(args, log_path):
+    """Run a command with its output in log_path; a failure raises naming the log's last lines."""
+    env = dict(os.environ, PYTHONPATH=ROOT, GLOG_v=os.environ.get("GLOG_v", "2"), PYTHONUNBUFFERED="1")
+    with open(log_path, "w") as f:
+        proc = subprocess.run(args, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    with open(log_path) as f:
+        text = f.read()
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(args[:4])} ... failed (exit {proc.returncode}); last lines of {log_path}:\n"
+                           + "\n".join(text.splitlines()[-15:]))
+    return text
+
+
+def parse_metrics(text):
+    """{recall@1, map@r} from the output of eval.py or src.baselines."""
+    recall = re.search(r"^eval_recall: ([0-9.]+)$", text, re.M)
+    map_r = re.search(r"^map@r\s+([0-9.]+)$", text, re.M)
+    if not recall or not map_r:
+        raise ValueError("no eval_recall / map@r line in the output")
+    return {"recall@1": float(recall.group(1)), "map@r": float(map_r.group(1))}
+
+
+def build_data(path, spec):
+    from src.demo_photos import PHOTOS, make_photo_dataset
+    from src.sop_lists import prepare_lists
+
+    if os.path.exists(os.path.join(path, "test.txt")):
+        return
+    spec = dict(spec)
+    photos = spec.pop("photos", PHOTOS)
+    viewpoint = {"rotation": spec.pop("rotation"), "flip": spec.pop("flip")}
+    make_photo_dataset(path + ".partial", spec["grid"], spec["views"], spec["size"], seed=0, photos=photos,
+                       test_regions=spec["test_regions"], **viewpoint)
+    prepare_lists(path + ".partial", path + ".partial")
+    os.replace(path + ".partial", path)
+
+
+def class_count(list_file):
+    with open(list_file) as f:
+        return len({line.split()[1] for line in f if line.strip()})
+
+
+def stage_checkpoints(stage_dir, loss):
+    """{epoch: path} of a stage's per-epoch checkpoints."""
+    found = {}
+    for name in os.listdir(os.path.join(stage_dir, "ckpt")):
+        m = re.fullmatch(rf"resnet50_{loss}-(\d+)_\d+\.ckpt", name)
+        if m:
+            found[int(m.group(1))] = os.path.join(stage_dir, "ckpt", name)
+    return dict(sorted(found.items()))
+
+
+def train_stage(out, data, name, loss, epochs, options, image_size, ckpt=None, class_num=None):
+    """Run train.py for one stage (skipped when its final checkpoint exists); returns (history rows, ckpts)."""
+    from src.history import read_history
+
+    stage_dir = os.path.join(out, name)
+    done = os.path.isdir(os.path.join(stage_dir, "ckpt")) and epochs in stage_checkpoints(stage_dir, loss)
+    if not done:
+        log(f"{name}: {loss}, {epochs} epoch(s)")
+        args = [sys.executable, os.path.join(ROOT, "train.py"), "--loss_name", loss, "--dataset_path", data,
+                "--output_dir", stage_dir, "--epoch_size", str(epochs), "--image_size", str(image_size),
+                "--run_eval", "--eval_list", "test.txt", "--eval_interval", "1", "--eval_batch_size", "64",
+                "--save_checkpoint_epochs", "1", "--keep_checkpoint_max", str(epochs), "--log_interval", "50",
+                *AUGMENT, *options]
+        if ckpt:
+            args += ["--ckpt_path", ckpt]
+        if class_num:
+            args += ["--class_num", str(class_num)]
+        os.makedirs(stage_dir, exist_ok=True)
+        run(args, os.path.join(stage_dir, "train.log"))
+    return read_history(os.path.join(stage_dir, "history.csv")), stage_checkpoints(stage_dir, loss)
+
+
+def backbone_vector(ckpt):
+    """The backbone's trainable weights (conv and BN scale/shift, not statistics or head) as one vector."""
+    import mindspore as ms
+
+    values = ms.load_checkpoint(ckpt)
+    keys = sorted(k for k in values if not k.startswith(("moments.", "fc.", "head.")) and
+                  k.endswith(("weight", "gamma", "beta")) and "." in k)
+    return np.concatenate([values[k].asnumpy().ravel() for k in keys]).astype(np.float64)
+
+
+def training_sample(labels, num_classes, seed=0):
+    """Indices of all images of `num_classes` training classes drawn with `seed`: a sample shaped like the
+    test set (as many classes, all their views), so that its Recall@1 compares with the test Recall@1."""
+    classes = np.random.default_rng(seed).choice(np.unique(labels), min(num_classes, len(np.unique(labels))),
+                                                 replace=False)
+    return np.flatnonzero(np.isin(labels, classes))
+
+
+def softmax_epoch_analysis(data, ckpts, class_num, image_size):
+    """Per epoch: classification accuracy and retrieval Recall@1 on a test-shaped sample of the training
+    products (training_sample), and the backbone's relative weight change since the previous epoch."""
+    import mindspore as ms
+
+    from src.dataset import create_dataset, read_image_list
+    from src.features import l2_normalize_rows
+    from src.metrics import retrieval_metrics
+    from src.resnet import resnet50
+
+    images = read_image_list(os.path.join(data, "train.txt"), data)
+    sample = images.subset(training_sample(images.labels, class_count(os.path.join(data, "test.txt"))))
+    rows = {}
+    for epoch, ckpt in ckpts.items():
+        net = resnet50(class_num)
+        ms.load_param_into_net(net, ms.load_checkpoint(ckpt))
+        net.set_train(False)
+        dataset = create_dataset(data, sample, 64, image_size, "eval", num_parallel_workers=2)
+        logits, feats, labels = [], [], []
+        for image, label in dataset.create_tuple_iterator(num_epochs=1):
+            feature = net.backbone(image)
+            feats.append(feature.asnumpy())
+            logits.append(net.head(feature).asnumpy())
+            labels.append(label.asnumpy())
+        labels = np.concatenate(labels)
+        accuracy = float(np.mean(np.concatenate(logits).argmax(1) == labels))
+        train_recall = retrieval_metrics(l2_normalize_rows(np.concatenate(feats)), labels, ks=(1,))["recall@1"]
+        rows[epoch] = {"train_accuracy": accuracy, "train_recall@1": train_recall}
+        log(f"softmax epoch {epoch}: training accuracy {accuracy:.4f}, training-image Recall@1 {train_recall:.4f}")
+    return rows
+
+
+def weight_changes(ckpts, start=None):
+    """{epoch: |W_epoch - W_before| / |W_before|} of the backbone's weights, W_before being the previous
+    epoch's checkpoint (for the first epoch: `start`, the checkpoint the stage began from, if given)."""
+    changes, previous = {}, backbone_vector(start) if start else None
+    for epoch, ckpt in ckpts.items():
+        vector = backbone_vector(ckpt)
+        if previous is not None:
+            changes[epoch] = float(np.linalg.norm(vector - previous) / np.linalg.norm(previous))
+        previous = vector
+    return changes
+
+
+def markdown(baselines, stages, analysis, header):
+    """The results as markdown: baselines, then one row per stage epoch."""
+    lines = [header, "", "| what | Recall@1 | MAP@R |", "|---|---|---|"]
+    lines += [f"| {name} | {m['recall@1']:.4f} | {m['map@r']:.4f} |" for name, m in baselines.items()]
+    lines += ["", "| stage | epoch | mean loss | lr | Recall@1 | MAP@R | training accuracy | training-image "
+              "Recall@1 | weight change | images/s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, rows in stages.items():
+        for row in rows:
+            extra = analysis.get(name, {}).get(int(row["epoch"]), {})
+            scored = ["" if extra.get(key) is None else f"{extra[key]:.4f}"
+                      for key in ("train_accuracy", "train_recall@1", "weight_change")]
+            lines.append(f"| {name} | {row['epoch']} | {row['mean_loss']} | {row['lr']} | {row['recall_at_1']} | "
+                         f"{row['map_at_r']} | {' | '.join(scored)} | {row['images_per_s']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(baselines, stages, path, title):
+    """Recall@1 (solid) and MAP@R (dashed) against epochs of training; fine-tuning continues after softmax."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from src.atomic_file import write_atomic
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100, sharex=True)
+    softmax_epochs = len(stages.get("softmax", []))
+    colours = {"softmax": "tab:blue", "triplet": "tab:orange", "quadruplet": "tab:red"}
+    for axis, key, column in ((axes[0], "recall@1", "recall_at_1"), (axes[1], "map@r", "map_at_r")):
+        for (name, metrics), style in zip(baselines.items(), (":", "-.", "--", (0, (1, 3))), strict=False):
+            axis.axhline(metrics[key], color="gray", linestyle=style, label=name)
+        for name, rows in stages.items():
+            offset = softmax_epochs if name in ("triplet", "quadruplet") else 0
+            xs = [offset + int(r["epoch"]) for r in rows if r[column]]
+            ys = [float(r[column]) for r in rows if r[column]]
+            if name in ("triplet", "quadruplet") and "softmax" in stages:  # start from the softmax end point
+                xs, ys = [softmax_epochs] + xs, [float(stages["softmax"][-1][column])] + ys
+            axis.plot(xs, ys, "o-", color=colours.get(name, "black"), markersize=3, label=name)
+        axis.set_xlabel("epoch (fine-tuning continues after the softmax epochs)")
+        axis.set_ylabel({"recall@1": "Recall@1", "map@r": "MAP@R"}[key] + " on the unseen test products")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    write_atomic(path, buffer.getvalue())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--output-dir", default=os.path.join(ROOT, "bench_learning_output"),
+                        help="data, stage runs and logs (re-running reuses finished stages)")
+    parser.add_argument("--markdown", help="write the tables here")
+    parser.add_argument("--plot", help="write the PNG plot here")
+    parser.add_argument("--quick", action="store_true", help="4 photos, 2 x 2 regions, 1-2 epochs per stage")
+    args = parser.parse_args(argv)
+    from src.log import setup_logging
+
+    setup_logging()
+    out = os.path.abspath(args.output_dir)
+    os.makedirs(out, exist_ok=True)
+    spec = QUICK_DATA if args.quick else DATA
+    data = os.path.join(out, "data")
+    start = time.monotonic()
+    build_data(data, spec)
+    size = spec["size"]
+    class_num = class_count(os.path.join(data, "train.txt"))
+    common = ["--dataset_path", data, "--eval_list", "test.txt", "--recall_ks", "1,10", "--image_size", str(size),
+              "--eval_batch_size", "64"]
+
+    baselines = {}
+    log("raw-pixel baseline")
+    text = run([sys.executable, "-m", "src.baselines", *common[:5]], os.path.join(out, "raw_pixels.log"))
+    best = re.search(r"^best: raw pixels (.+)$", text, re.M).group(1)
+    baselines[f"raw pixels ({best})"] = parse_metrics(text)
+    log("untrained backbone")
+    text = run([sys.executable, os.path.join(ROOT, "eval.py"), "--random_init", *common],
+               os.path.join(out, "untrained.log"))
+    baselines["untrained backbone"] = parse_metrics(text)
+
+    def epochs(name):
+        return QUICK_EPOCHS[name] if args.quick else STAGES[name][1]
+
+    def options(name):
+        return STAGES[name][2] + (QUICK_STAGE_OPTIONS[name] if args.quick else [])
+
+    rows, _ = train_stage(out, data, "bn_only", "softmax", epochs("bn_only"), options("bn_only"), size,
+                          class_num=class_num)
+    baselines["BatchNorm statistics only (lr 0)"] = {"recall@1": float(rows[-1]["recall_at_1"]),
+                                                     "map@r": float(rows[-1]["map_at_r"])}
+    stages, ckpts = {}, {}
+    stages["softmax"], ckpts["softmax"] = train_stage(out, data, "softmax", "softmax", epochs("softmax"),
+                                                      options("softmax"), size, class_num=class_num)
+    final_softmax = ckpts["softmax"][max(ckpts["softmax"])]
+    for name in ("triplet", "quadruplet"):
+        stages[name], ckpts[name] = train_stage(out, data, name, name, epochs(name), options(name), size,
+                                                ckpt=final_softmax)
+    log("softmax epochs: training-image accuracy; every stage: weight change per epoch")
+    analysis = {"softmax": softmax_epoch_analysis(data, ckpts["softmax"], class_num, size)}
+    for name in ("triplet", "quadruplet"):
+        analysis[name] = {}
+    for name, changes in (("softmax", weight_changes(ckpts["softmax"])),
+                          ("triplet", weight_changes(ckpts["triplet"], final_softmax)),
+                          ("quadruplet", weight_changes(ckpts["quadruplet"], final_softmax))):
+        for epoch, change in changes.items():
+            analysis[name].setdefault(epoch, {})["weight_change"] = change
+
+    train_images = sum(1 for _ in open(os.path.join(data, "train.txt")))
+    test_images = sum(1 for _ in open(os.path.join(data, "test.txt")))
+    header = (f"{runtime_env.cpu_class()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}; "
+              f"{class_num} training products "
+              f"({train_images} images), {class_count(os.path.join(data, 'test.txt'))} test products "
+              f"({test_images} images), {size} px; {time.monotonic() - start:.0f} s in all")
+    table = markdown(baselines, stages, analysis, header)
+    print(table)
+    if args.markdown:
+        from src.atomic_file import write_atomic
+
+        write_atomic(args.markdown, table)
+    plot(baselines, stages, args.plot or os.path.join(out, "learning.png"), header)
+
+
+if __name__ == "__main__":
+    main()
