@@ -239,6 +239,7 @@ def plot(baselines, stages, path, title):
             axis.plot(xs, ys, "o-", color=colours.get(name, "black"), markersize=3, label=name)
         axis.set_xlabel("epoch (fine-tuning continues after the softmax epochs)")
         axis.set_ylabel({"recall@1": "Recall@1", "map@r": "MAP@R"}[key] + " on the unseen test products")
+        axis.set_ylim(0, None)
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="lower right")
     fig.suptitle(title, fontsize=9)
@@ -275,7 +276,7 @@ def main(argv=None):
 
     baselines = {}
     log("raw-pixel baseline")
-    text = run([sys.executable, "-m", "src.baselines", *common[:5]], os.path.join(out, "raw_pixels.log"))
+    text = run([sys.executable, "-m", "src.baselines", *common[:6]], os.path.join(out, "raw_pixels.log"))
     best = re.search(r"^best: raw pixels (.+)$", text, re.M).group(1)
     baselines[f"raw pixels ({best})"] = parse_metrics(text)
     log("untrained backbone")
