@@ -217,14 +217,9 @@ def markdown(baselines, stages, analysis, header):
 
 def plot(baselines, stages, path, title):
     """Recall@1 (solid) and MAP@R (dashed) against epochs of training; fine-tuning continues after softmax."""
-    import matplotlib
+    from src.history import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from src.atomic_file import write_atomic
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100, sharex=True)
+    fig, axes = pyplot().subplots(1, 2, figsize=(11, 4.2), dpi=100, sharex=True)
     softmax_epochs = len(stages.get("softmax", []))
     colours = {"softmax": "tab:blue", "triplet": "tab:orange", "quadruplet": "tab:red"}
     for axis, key, column in ((axes[0], "recall@1", "recall_at_1"), (axes[1], "map@r", "map_at_r")):
@@ -243,13 +238,7 @@ def plot(baselines, stages, path, title):
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="lower right")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    import io
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    write_atomic(path, buffer.getvalue())
+    save_figure(fig, path)
 
 
 def main(argv=None):

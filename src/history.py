@@ -79,13 +79,28 @@ def _numbers(rows, key):
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def plot_history(rows, output, title=None):
-    """Mean loss (left axis) and Recall@1 / MAP@R (right axis, when evaluated) against epoch, as a PNG."""
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path):
+    """Lay out `fig`, write it to `path` as a PNG atomically, and close it."""
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    pyplot().close(fig)
+    write_atomic(path, buffer.getvalue())
+
+
+def plot_history(rows, output, title=None):
+    """Mean loss (left axis) and Recall@1 / MAP@R (right axis, when evaluated) against epoch, as a PNG."""
+    plt = pyplot()
     if not rows:
         raise ValueError("the history holds no epochs to draw")
     fig, loss_axis = plt.subplots(figsize=(6.4, 4.0), dpi=100)
@@ -107,11 +122,7 @@ def plot_history(rows, output, title=None):
     loss_axis.grid(alpha=0.3)
     if title:
         loss_axis.set_title(title)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    write_atomic(output, buffer.getvalue())
+    save_figure(fig, output)
 
 
 def main(argv=None):
