@@ -137,8 +137,8 @@ def train(request, cfg):
 
         evaluator = EvalCallback(evaluate, cfg.eval_interval, ckpt_dir, prefix, cfg.epoch_size, enabled=is_writer)
         callbacks.append(evaluator)
-    callbacks.append(HistoryWriter(os.path.join(request.output_dir, HISTORY_FILE), monitor, evaluator, start_epoch,
-                                   enabled=is_writer))
+    history_path = os.path.join(request.output_dir, HISTORY_FILE)
+    callbacks.append(HistoryWriter(history_path, monitor, evaluator, start_epoch, enabled=is_writer))
     callbacks.append(saver)
 
     logger.info("training %s on %s: %d images, %d classes, %d steps per epoch x %d epochs (from epoch %d), "
@@ -147,6 +147,8 @@ def train(request, cfg):
                 request.group_size, cfg.device_target)
     model.train(cfg.epoch_size, dataset, callbacks=callbacks, dataset_sink_mode=False, initial_epoch=start_epoch)
 
+    if is_writer:
+        logger.info("per-epoch history: %s (python -m src.history %s draws it)", history_path, history_path)
     if request.save_rank_checkpoint:
         # Debugging aid for distributed runs: every rank's final weights, to compare across ranks.
         save_checkpoint_atomic(network, os.path.join(request.output_dir, f"rank_{request.rank}", "final.ckpt"))
