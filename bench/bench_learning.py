@@ -48,7 +48,7 @@ AUGMENT = ["--hflip", "true", "--crop_scale_min", "0.25"]
 # Recall@1 on the demo's set (README "Performance").
 STAGES = {
     "bn_only": ("softmax", 1, ["--batch_size", "64", "--lr_init", "0", "--lr_max", "0", "--lr_end", "0"]),
-    "softmax": ("softmax", 20, ["--batch_size", "64", "--lr_init", "0.01", "--lr_max", "0.1", "--warmup_epochs", "2",
+    "softmax": ("softmax", 20, ["--batch_size", "64", "--lr_init", "0.02", "--lr_max", "0.2", "--warmup_epochs", "2",
                                 "--lr_decay_mode", "cosine"]),
     "triplet": ("triplet", 6, ["--batch_size", "60", "--lr_max", "0.001"]),
     "quadruplet": ("quadruplet", 8, ["--batch_size", "60", "--samples_each_class", "5", "--lr_max", "0.001"]),

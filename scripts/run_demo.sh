@@ -29,7 +29,7 @@ export PYTHONPATH="$REPO" GLOG_v="${GLOG_v:-2}"
 DATA="$OUT/data"
 GRID=4 TEST_REGIONS=3 VIEWS=10 SIZE=32
 VIEWPOINT=(--rotation 180 --flip)
-SOFTMAX_EPOCHS=10 FINETUNE_EPOCHS=1 FINETUNE_LR=0.001
+SOFTMAX_EPOCHS=8 FINETUNE_EPOCHS=1 FINETUNE_LR=0.001
 COMMON=(--image_size "$SIZE" --eval_batch_size 64)
 # Training augmentation: mirrored views exist, so flips are fair; crops keep at least a quarter of a view.
 AUGMENT=(--hflip true --crop_scale_min 0.25)
@@ -94,7 +94,7 @@ train_stage bn_only softmax 1 "baseline without learning: BatchNorm statistics o
 "$PY" "$REPO/eval.py" --ckpt_path "$STAGE_CKPT" "${EVAL[@]}" | tee "$OUT/eval_bn_only.txt"
 
 train_stage softmax softmax "$SOFTMAX_EPOCHS" "stage 1: softmax pre-training on $CLASSES training products" \
-  --class_num "$CLASSES" --batch_size 64 --lr_init 0.01 --lr_max 0.1 --warmup_epochs 2 --lr_decay_mode cosine \
+  --class_num "$CLASSES" --batch_size 64 --lr_init 0.02 --lr_max 0.2 --warmup_epochs 2 --lr_decay_mode cosine \
   "${AUGMENT[@]}" --run_eval --eval_list test.txt --eval_interval 2
 SOFTMAX_CKPT=$STAGE_CKPT
 "$PY" -m src.history "$OUT/softmax/history.csv" --title "demo: softmax pre-training"
