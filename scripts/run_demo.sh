@@ -140,8 +140,9 @@ if [ "$(recall "$OUT/infer/acc.log")" != "$(recall "$OUT/eval_quadruplet.txt")" 
 fi
 echo "  (the chain's Recall@1 equals eval.py's)"
 awk -v f="$(recall "$OUT/eval_quadruplet.txt")" -v p="$(recall "$OUT/eval_raw_pixels.txt")" \
-    -v b="$(recall "$OUT/eval_bn_only.txt")" 'BEGIN {
-  printf "  the fine-tuned model is %+.4f Recall@1 from raw pixels and %+.4f from BatchNorm statistics alone\n", f - p, f - b }'
+    -v b="$(recall "$OUT/eval_bn_only.txt")" 'function side(d) { return d >= 0 ? "above" : "below" }
+  BEGIN { printf "  fine-tuned Recall@1: %.4f %s raw pixels, %.4f %s BatchNorm statistics alone\n",
+          (f > p ? f - p : p - f), side(f - p), (f > b ? f - b : b - f), side(f - b) }'
 echo "outputs in $OUT:"
 echo "  data/                   the demo dataset (SOP layout: Ebay_*.txt, train.txt, test.txt)"
 echo "  bn_only/, softmax/, quadruplet/  each stage's ckpt/, resolved config.yaml and history.csv"
