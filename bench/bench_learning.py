@@ -21,7 +21,7 @@ history.csv read back); every evaluation is Recall@1 and MAP@R over the test pro
              change, the first epoch's measured from that checkpoint).
 
 The table and the plot (Recall@1 and MAP@R against epoch, baselines as lines) go to --markdown and --plot.
-Takes about 35 minutes on 2 idle cores (Intel Xeon with AVX-512).
+Took 36 min 45 s on 2 idle cores of an Intel Xeon with AVX-512 (bench/learning_results.md).
 """
 import os
 import sys
