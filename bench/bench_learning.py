@@ -100,9 +100,10 @@ def build_data(path, spec):
     os.replace(path + ".partial", path)
 
 
-def class_count(list_file):
-    with open(list_file) as f:
-        return len({line.split()[1] for line in f if line.strip()})
+def read_list(data, name):
+    from src.dataset import read_image_list
+
+    return read_image_list(os.path.join(data, name), data)
 
 
 def stage_checkpoints(stage_dir, loss):
@@ -160,13 +161,13 @@ def softmax_epoch_analysis(data, ckpts, class_num, image_size):
     products (training_sample), and the backbone's relative weight change since the previous epoch."""
     import mindspore as ms
 
-    from src.dataset import create_dataset, read_image_list
+    from src.dataset import create_dataset
     from src.features import l2_normalize_rows
     from src.metrics import retrieval_metrics
     from src.resnet import resnet50
 
-    images = read_image_list(os.path.join(data, "train.txt"), data)
-    sample = images.subset(training_sample(images.labels, class_count(os.path.join(data, "test.txt"))))
+    images = read_list(data, "train.txt")
+    sample = images.subset(training_sample(images.labels, read_list(data, "test.txt").num_classes))
     rows = {}
     for epoch, ckpt in ckpts.items():
         net = resnet50(class_num)
@@ -259,7 +260,8 @@ def main(argv=None):
     start = time.monotonic()
     build_data(data, spec)
     size = spec["size"]
-    class_num = class_count(os.path.join(data, "train.txt"))
+    train_list, test_list = read_list(data, "train.txt"), read_list(data, "test.txt")
+    class_num = train_list.num_classes
     common = ["--dataset_path", data, "--eval_list", "test.txt", "--recall_ks", "1,10", "--image_size", str(size),
               "--eval_batch_size", "64"]
 
@@ -300,12 +302,10 @@ def main(argv=None):
         for epoch, change in changes.items():
             analysis[name].setdefault(epoch, {})["weight_change"] = change
 
-    train_images = sum(1 for _ in open(os.path.join(data, "train.txt")))
-    test_images = sum(1 for _ in open(os.path.join(data, "test.txt")))
     header = (f"{runtime_env.cpu_class()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}; "
               f"{class_num} training products "
-              f"({train_images} images), {class_count(os.path.join(data, 'test.txt'))} test products "
-              f"({test_images} images), {size} px; {time.monotonic() - start:.0f} s in all")
+              f"({len(train_list)} images), {test_list.num_classes} test products "
+              f"({len(test_list)} images), {size} px; {time.monotonic() - start:.0f} s in all")
     table = markdown(baselines, stages, analysis, header)
     print(table)
     if args.markdown:

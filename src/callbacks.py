@@ -70,11 +70,15 @@ class TrainMonitor(Callback):
         if step % self.log_interval == 0 or step == self.steps_per_epoch:
             logger.info(self._step_line(epoch, step, global_step, loss, step_time))
 
+    def _lr_at(self, global_step):
+        """The learning rate of 1-based `global_step` (the last entry past the array's end)."""
+        return float(self.lr[min(global_step - 1, len(self.lr) - 1)])
+
     def _step_line(self, epoch, step, global_step, loss, step_time):
         recent = self.step_times[-self.log_interval:]
         per_step = float(np.median(recent)) if recent else step_time
         remaining = (self.total_epochs - epoch + 1) * self.steps_per_epoch - step
-        lr = float(self.lr[min(global_step - 1, len(self.lr) - 1)])
+        lr = self._lr_at(global_step)
         return (f"epoch: {epoch}/{self.total_epochs} step: {step}/{self.steps_per_epoch}, loss is {loss:.7f} "
                 f"(mean {np.mean(self.losses):.7f}), {per_step:.3f} s/step, lr {lr:.7f}, "
                 f"{self.images_per_step / max(per_step, 1e-9):.1f} img/s, "
@@ -83,11 +87,10 @@ class TrainMonitor(Callback):
     def on_train_epoch_end(self, run_context):
         epoch = run_context.original_args().cur_epoch_num
         elapsed = time.monotonic() - self.epoch_start
-        global_step = epoch * self.steps_per_epoch
         self.epoch_summary = {
             "epoch": epoch,
             "mean_loss": f"{np.mean(self.losses):.7f}",
-            "lr": f"{float(self.lr[min(global_step - 1, len(self.lr) - 1)]):.7f}",
+            "lr": f"{self._lr_at(epoch * self.steps_per_epoch):.7f}",
             "images_per_s": f"{self.images_per_step * len(self.losses) / max(elapsed, 1e-9):.1f}",
         }
         summary = self.epoch_summary
