@@ -9,6 +9,7 @@ from src.atomic_file import write_atomic
 from src.cli import add_recall_ks_argument, run
 from src.infer_data import evaluate_results, load_results
 from src.log import get_logger
+from src.metrics import check_positives
 from src.resnet import FEATURE_DIM
 
 logger = get_logger("postprocess")
@@ -30,6 +31,7 @@ def main(argv=None):
     args = parse_args(argv)
     features, labels, _ = load_results(args.result_path, args.label_path, args.feature_dim)
     logger.info("%d results, %d classes", len(labels), len(set(labels.tolist())))
+    check_positives(labels, f"the labels in {args.label_path}", logger)
     _, report = evaluate_results(features, labels, logger, ks=args.recall_ks)
     write_atomic(args.output, report)
     print(report, end="")

@@ -6,7 +6,7 @@ import numpy as np
 
 from src.dataset import create_dataset, drop_bad_images, read_image_list
 from src.log import Progress, get_logger
-from src.metrics import retrieval_metrics
+from src.metrics import check_positives, retrieval_metrics
 
 logger = get_logger(__name__)
 
@@ -46,6 +46,7 @@ def evaluate_backbone(backbone, dataset_path, eval_list, cfg, ks=(1, 10, 100, 10
     images = read_image_list(os.path.join(dataset_path, eval_list), dataset_path)
     if cfg.skip_bad:
         images = drop_bad_images(images, cfg.num_parallel_workers)
+    check_positives(images.labels, images.list_file, logger)  # before the expensive part
     dataset = create_dataset(dataset_path, images, cfg.eval_batch_size, cfg.image_size, "eval",
                              num_parallel_workers=cfg.num_parallel_workers, eval_resize=cfg.eval_resize)
     features, labels = extract_features(backbone, dataset, len(images))

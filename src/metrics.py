@@ -103,6 +103,31 @@ def query_gallery_metrics(query_features, query_labels, gallery_features, galler
                      num_threads=num_threads)
 
 
+class NoPositivesError(ValueError):
+    """No query of an evaluation has a positive: every Recall@K would be 0 and MAP@R undefined."""
+
+
+def check_positives(labels, what, log=None):
+    """Before a leave-one-out evaluation: how many of `labels`' items are the only one of their class.
+
+    Such an item has no positive as a query (a miss in Recall@K, left out of MAP@R). If that is every
+    item, raises NoPositivesError naming `what` (the list or folder the labels come from); if it is
+    some, logs a warning with the count. Returns the count.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    alone = int(np.count_nonzero(counts[inverse.reshape(-1)] == 1))
+    if len(labels) and alone == len(labels):
+        raise NoPositivesError(f"{what}: each of its {len(labels)} images is the only one of its class, so no "
+                               f"query has a positive: Recall@K would be 0 and MAP@R undefined; evaluate on a "
+                               f"list with at least 2 images of each class (SOP's test.txt / test_half.txt)")
+    if alone:
+        (log or logger).warning("%s: %d of %d images are the only one of their class: as queries they have no "
+                                "positive, count as misses in Recall@K and are left out of MAP@R", what, alone,
+                                len(labels))
+    return alone
+
+
 def format_metrics_table(metrics):
     """Two aligned columns, one metric per line: `name  value` (fractions with 4 decimals)."""
     width = max((len(name) for name in metrics), default=0)
