@@ -1,8 +1,11 @@
 """Shared command-line plumbing of the entry scripts: config overrides and one-line errors."""
 import argparse
+import re
 import sys
+import traceback
 
 from src.config import DEVICES, load_config
+from src.devices import DeviceUnavailableError
 from src.log import get_logger, setup_logging
 from src.metrics import DEFAULT_KS
 
@@ -11,7 +14,24 @@ logger = get_logger("metric_learn")
 # Errors a user can cause with their input (paths, lists, checkpoints, configs, diverging training):
 # reported as one line and exit status 1. Anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, NotADirectoryError,
-               PermissionError)
+               PermissionError, DeviceUnavailableError)
+
+
+# MindSpore wraps an exception raised in a dataset's Python code (our image loading) into a RuntimeError
+# whose text holds the original traceback, then MindSpore's own sections and C++ lines.
+PIPELINE_ERROR_MARK = "Exception thrown from user defined Python function in dataset"
+_EXCEPTION_LINE = re.compile(r"^(?:\w+\.)*([A-Z]\w*(?:Error|Exception|Interrupt)): (.+)$", re.M)
+
+
+def pipeline_error(err):
+    """(exception type name, message) of the innermost exception inside a data-pipeline RuntimeError, or None
+    when `err` is not one."""
+    text = str(err)
+    if PIPELINE_ERROR_MARK not in text:
+        return None
+    python_part = text.split("- Dataset Pipeline Error Message", 1)[0]
+    found = _EXCEPTION_LINE.findall(python_part)
+    return found[-1] if found else None
 
 
 def add_common_arguments(parser):
@@ -74,12 +94,22 @@ def make_parser(description):
 
 
 def run(main, argv=None):
-    """Call main(argv); a user error becomes one `error: ...` line and exit status 1."""
+    """Call main(argv); a user error becomes one `ERROR` line and exit status 1, also when it was raised
+    inside MindSpore's data pipeline (a missing or undecodable image)."""
     setup_logging()
     try:
         main(argv)
     except USER_ERRORS as err:
         logger.error("%s: %s", type(err).__name__, err)
+        sys.exit(1)
+    except RuntimeError as err:
+        inner = pipeline_error(err)
+        if inner is None:
+            raise
+        name, message = inner
+        if name not in {cls.__name__ for cls in USER_ERRORS}:
+            traceback.print_exc()  # a bug in the pipeline's code: keep where it happened
+        logger.error("%s: %s", name, message)  # the message naming the image and its list line, last
         sys.exit(1)
     except KeyboardInterrupt:
         logger.error("interrupted")

@@ -4,6 +4,7 @@ import os
 import mindspore as ms
 
 from src.config import DEVICES
+from src.devices import set_device
 
 
 def init_context(device_target, device_id=None, distributed=False, compile_cache_dir=None):
@@ -20,12 +21,12 @@ def init_context(device_target, device_id=None, distributed=False, compile_cache
     if not distributed:
         if device_id is None:
             device_id = int(os.environ.get("DEVICE_ID", "0"))
-        ms.set_device(device_target, int(device_id))
+        set_device(device_target, int(device_id))
         return 0, 1
     from mindspore.communication import get_group_size, get_rank, init
 
     # No device id: under msrun (or a rank table) each process is given the device of its local rank.
-    ms.set_device(device_target)
+    set_device(device_target)
     init()
     group_size = get_group_size()
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
