@@ -8,6 +8,7 @@ from mindspore.train import Callback
 
 from src.checkpoint import save_checkpoint_atomic
 from src.log import format_seconds, get_logger
+from src.sink_mode import StepPlan, finished_epoch
 
 logger = get_logger(__name__)
 
@@ -27,10 +28,16 @@ class TrainMonitor(Callback):
 
     `epoch: 3/30 step: 20/62, loss is 0.2131956 (mean 0.2302577), 0.110 s/step, lr 0.0001000,
     545.5 img/s, ETA 0:03:12`. A NaN/Inf loss raises NonFiniteLossError naming the step.
+
+    In dataset sink mode (`plan`, src/sink_mode.py) MindSpore reports once per sink of plan.sink_size steps:
+    a line is written at the end of a sink that passed a multiple of log_interval or ended the epoch;
+    `loss is` is the sink's last step's loss, `mean` the mean of those sink-end losses this epoch, s/step the
+    sink's time over its steps.
     """
 
-    def __init__(self, steps_per_epoch, total_epochs, images_per_step, lr, log_interval=10):
+    def __init__(self, steps_per_epoch, total_epochs, images_per_step, lr, log_interval=10, plan=None):
         super().__init__()
+        self.plan = plan or StepPlan(steps_per_epoch)
         self.steps_per_epoch = int(steps_per_epoch)
         self.total_epochs = int(total_epochs)
         self.images_per_step = int(images_per_step)
@@ -40,34 +47,41 @@ class TrainMonitor(Callback):
         self.step_times = []
         self.run_start = None
         self.steps_done = 0
-        self.epoch_start = self.step_start = 0.0
+        self.calls_in_model_epoch = 0
+        self.epoch_start = self.model_epoch_start = self.step_start = 0.0
         self.epoch_summary = None  # the last finished epoch's logged values (strings as logged), for history.csv
 
     def on_train_begin(self, run_context):
         self.run_start = time.monotonic()
 
     def on_train_epoch_begin(self, run_context):
-        self.losses = []
-        self.epoch_start = time.monotonic()
+        self.calls_in_model_epoch = 0
+        self.model_epoch_start = time.monotonic()
 
     def on_train_step_begin(self, run_context):
         self.step_start = time.monotonic()
 
     def on_train_step_end(self, run_context):
         args = run_context.original_args()
-        step_time = time.monotonic() - self.step_start
-        epoch = args.cur_epoch_num
-        step = len(self.losses) + 1
-        global_step = (epoch - 1) * self.steps_per_epoch + step
+        sink = self.plan.sink_size
+        step_time = (time.monotonic() - self.step_start) / sink
+        self.calls_in_model_epoch += 1
+        global_step = self.plan.global_step(args.cur_epoch_num, self.calls_in_model_epoch)
+        epoch, step = self.plan.locate(global_step)
+        if step == sink:  # the first call of a training epoch
+            self.losses = []
+            self.epoch_start = self.model_epoch_start
         loss = _loss_value(args.net_outputs)
         if not math.isfinite(loss):
-            raise NonFiniteLossError(f"loss is {loss} at epoch {epoch} step {step} (global step {global_step}); "
-                                     f"training stopped, the last checkpoint written before it is kept")
+            where = f" (the last of a {sink}-step sink)" if sink > 1 else ""
+            raise NonFiniteLossError(f"loss is {loss} at epoch {epoch} step {step}{where} (global step "
+                                     f"{global_step}); training stopped, the last checkpoint written before it "
+                                     f"is kept")
         self.losses.append(loss)
-        if self.steps_done:  # the run's first step includes graph compilation: not a rate sample
+        if self.steps_done:  # the run's first call includes graph compilation: not a rate sample
             self.step_times.append(step_time)
-        self.steps_done += 1
-        if step % self.log_interval == 0 or step == self.steps_per_epoch:
+        self.steps_done += sink
+        if self.plan.logs_at(step, self.log_interval):
             logger.info(self._step_line(epoch, step, global_step, loss, step_time))
 
     def _lr_at(self, global_step):
@@ -85,13 +99,15 @@ class TrainMonitor(Callback):
                 f"ETA {format_seconds(remaining * per_step)}")
 
     def on_train_epoch_end(self, run_context):
-        epoch = run_context.original_args().cur_epoch_num
+        epoch = finished_epoch(run_context, self.plan)
+        if epoch is None:
+            return
         elapsed = time.monotonic() - self.epoch_start
         self.epoch_summary = {
             "epoch": epoch,
             "mean_loss": f"{np.mean(self.losses):.7f}",
             "lr": f"{self._lr_at(epoch * self.steps_per_epoch):.7f}",
-            "images_per_s": f"{self.images_per_step * len(self.losses) / max(elapsed, 1e-9):.1f}",
+            "images_per_s": f"{self.images_per_step * self.steps_per_epoch / max(elapsed, 1e-9):.1f}",
         }
         summary = self.epoch_summary
         logger.info(f"epoch: {epoch}/{self.total_epochs} done, mean loss {summary['mean_loss']}, "
@@ -110,8 +126,10 @@ class CheckpointSaver(Callback):
     leaves half a checkpoint. Only the process with `enabled=True` (rank 0) writes.
     """
 
-    def __init__(self, directory, prefix, every_epochs, keep_max, total_epochs, steps_per_epoch, enabled=True):
+    def __init__(self, directory, prefix, every_epochs, keep_max, total_epochs, steps_per_epoch, enabled=True,
+                 plan=None):
         super().__init__()
+        self.plan = plan
         self.directory = directory
         self.prefix = prefix
         self.every_epochs = max(1, int(every_epochs))
@@ -124,8 +142,8 @@ class CheckpointSaver(Callback):
 
     def on_train_epoch_end(self, run_context):
         args = run_context.original_args()
-        epoch = args.cur_epoch_num
-        if not self.enabled or (epoch % self.every_epochs and epoch != self.total_epochs):
+        epoch = finished_epoch(run_context, self.plan)
+        if not self.enabled or epoch is None or (epoch % self.every_epochs and epoch != self.total_epochs):
             return
         step = epoch * self.steps_per_epoch
         path = os.path.join(self.directory, checkpoint_name(self.prefix, epoch, step))
@@ -149,8 +167,9 @@ class EvalCallback(Callback):
     """Every `interval` epochs (and after the last), run `evaluate()` -> metrics dict and keep the training
     state with the best Recall@1 as `<prefix>-best.ckpt`. Only the process with `enabled=True` runs it."""
 
-    def __init__(self, evaluate, interval, directory, prefix, total_epochs, enabled=True):
+    def __init__(self, evaluate, interval, directory, prefix, total_epochs, enabled=True, plan=None):
         super().__init__()
+        self.plan = plan
         self.evaluate = evaluate
         self.interval = max(1, int(interval))
         self.best_path = os.path.join(directory, f"{prefix}-best.ckpt")
@@ -162,8 +181,8 @@ class EvalCallback(Callback):
 
     def on_train_epoch_end(self, run_context):
         args = run_context.original_args()
-        epoch = args.cur_epoch_num
-        if not self.enabled or (epoch % self.interval and epoch != self.total_epochs):
+        epoch = finished_epoch(run_context, self.plan)
+        if not self.enabled or epoch is None or (epoch % self.interval and epoch != self.total_epochs):
             return
         start = time.monotonic()
         metrics = self.evaluate()

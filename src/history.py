@@ -18,6 +18,7 @@ from mindspore.train import Callback
 
 from src.atomic_file import write_atomic
 from src.log import get_logger
+from src.sink_mode import finished_epoch
 
 logger = get_logger(__name__)
 
@@ -52,8 +53,9 @@ class HistoryWriter(Callback):
     run before it) and rewrite the file. `start_epoch`: rows of earlier epochs in an existing file are
     kept (a resumed run), later ones dropped."""
 
-    def __init__(self, path, monitor, evaluator=None, start_epoch=0, enabled=True):
+    def __init__(self, path, monitor, evaluator=None, start_epoch=0, enabled=True, plan=None):
         super().__init__()
+        self.plan = plan
         self.path = path
         self.monitor = monitor
         self.evaluator = evaluator
@@ -63,7 +65,7 @@ class HistoryWriter(Callback):
             self.rows = [row for row in read_history(path) if int(row["epoch"]) <= start_epoch]
 
     def on_train_epoch_end(self, run_context):
-        if not self.enabled:
+        if not self.enabled or finished_epoch(run_context, self.plan) is None:
             return
         row = dict(self.monitor.epoch_summary)
         last_eval = self.evaluator.last if self.evaluator is not None else None

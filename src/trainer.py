@@ -16,7 +16,9 @@ from src.history import HistoryWriter
 from src.log import get_logger
 from src.loss import create_loss
 from src.lr_generator import get_lr
+from src.metrics import check_positives
 from src.resnet import ResNet50, resnet50
+from src.sink_mode import resolve_plan
 
 logger = get_logger(__name__)
 
@@ -91,6 +93,9 @@ def train(request, cfg):
 
     images = read_image_list(os.path.join(request.dataset_path, request.train_list), request.dataset_path)
     _check_class_num(request.loss_name, cfg, images)
+    if request.run_eval:  # a list that cannot be evaluated fails now, not after the first epoch
+        eval_images = read_image_list(os.path.join(request.dataset_path, request.eval_list), request.dataset_path)
+        check_positives(eval_images.labels, eval_images.list_file, logger)
     start_epoch, start_step = resume_point(request.resume) if request.resume else (0, 0)
     if start_epoch >= cfg.epoch_size:
         raise ValueError(f"{request.resume} already completed {start_epoch} epochs of epoch_size={cfg.epoch_size}")
@@ -125,27 +130,29 @@ def train(request, cfg):
         load_strict(model.train_network, request.resume, what="training state", keep=("learning_rate",))
         logger.info("resumed from %s after epoch %d", request.resume, start_epoch)
 
+    plan = resolve_plan(cfg, cfg.device_target, steps_per_epoch, logger)
     monitor = TrainMonitor(steps_per_epoch, cfg.epoch_size, cfg.batch_size * request.group_size, lr,
-                           cfg.log_interval)
+                           cfg.log_interval, plan=plan)
     saver = CheckpointSaver(ckpt_dir, prefix, cfg.save_checkpoint_epochs, cfg.keep_checkpoint_max, cfg.epoch_size,
-                            steps_per_epoch, enabled=is_writer and cfg.save_checkpoint)
+                            steps_per_epoch, enabled=is_writer and cfg.save_checkpoint, plan=plan)
     callbacks = [monitor]
     evaluator = None
     if request.run_eval:
         def evaluate():
             return evaluate_backbone(backbone, request.dataset_path, request.eval_list, cfg, ks=(1, 10))[0]
 
-        evaluator = EvalCallback(evaluate, cfg.eval_interval, ckpt_dir, prefix, cfg.epoch_size, enabled=is_writer)
+        evaluator = EvalCallback(evaluate, cfg.eval_interval, ckpt_dir, prefix, cfg.epoch_size, enabled=is_writer,
+                                 plan=plan)
         callbacks.append(evaluator)
     history_path = os.path.join(request.output_dir, HISTORY_FILE)
-    callbacks.append(HistoryWriter(history_path, monitor, evaluator, start_epoch, enabled=is_writer))
+    callbacks.append(HistoryWriter(history_path, monitor, evaluator, start_epoch, enabled=is_writer, plan=plan))
     callbacks.append(saver)
 
     logger.info("training %s on %s: %d images, %d classes, %d steps per epoch x %d epochs (from epoch %d), "
                 "batch %d per device x %d device(s), %s", request.loss_name, images.list_file, len(images),
                 images.num_classes, steps_per_epoch, cfg.epoch_size, start_epoch + 1, cfg.batch_size,
                 request.group_size, cfg.device_target)
-    model.train(cfg.epoch_size, dataset, callbacks=callbacks, dataset_sink_mode=False, initial_epoch=start_epoch)
+    model.train(train_dataset=dataset, callbacks=callbacks, **plan.train_arguments(cfg.epoch_size, start_epoch))
 
     if is_writer:
         logger.info("per-epoch history: %s (python -m src.history %s draws it)", history_path, history_path)

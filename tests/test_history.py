@@ -19,12 +19,16 @@ class FakeEvaluator:
         self.last = None
 
 
+def context(epoch):
+    return SimpleNamespace(original_args=lambda: SimpleNamespace(cur_epoch_num=epoch))
+
+
 def finish_epoch(writer, monitor, evaluator, epoch, evaluated):
     monitor.epoch_summary = {"epoch": epoch, "mean_loss": f"{5.0 / epoch:.7f}", "lr": f"{0.1 / epoch:.7f}",
                              "images_per_s": f"{30 + epoch:.1f}"}
     if evaluated:
         evaluator.last = {"epoch": epoch, "recall_at_1": f"{0.1 * epoch:.4f}", "map_at_r": f"{0.05 * epoch:.4f}"}
-    writer.on_train_epoch_end(SimpleNamespace(original_args=lambda: None))
+    writer.on_train_epoch_end(context(epoch))
 
 
 def test_rows_follow_the_epochs_and_leave_recall_empty_without_an_evaluation(tmp_path):
@@ -50,11 +54,11 @@ def test_a_resumed_run_keeps_earlier_epochs_and_replaces_later_ones(tmp_path):
         finish_epoch(writer, monitor, evaluator, epoch, evaluated=False)
     resumed = HistoryWriter(str(path), monitor, None, start_epoch=2)  # resumed from epoch 2's checkpoint
     monitor.epoch_summary = {"epoch": 3, "mean_loss": "9.0000000", "lr": "0.0100000", "images_per_s": "1.0"}
-    resumed.on_train_epoch_end(None)
+    resumed.on_train_epoch_end(context(3))
     assert [(r["epoch"], r["mean_loss"]) for r in read_history(path)] == [
         ("1", "5.0000000"), ("2", "2.5000000"), ("3", "9.0000000")]
     fresh = HistoryWriter(str(path), monitor, None)  # a new run (not resumed) starts the file again
-    fresh.on_train_epoch_end(None)
+    fresh.on_train_epoch_end(context(3))
     assert [r["epoch"] for r in read_history(path)] == ["3"]
 
 
