@@ -250,6 +250,94 @@ def test_distributed_cpu_msrun_two_workers_keep_identical_weights(data, tmp_path
         assert "epoch: 1/1 done" in (out / f"worker_{rank}.log").read_text()
 
 
+class NetworkNamespace:
+    """A second host on this machine: a network namespace joined to this one by a veth pair (root needed).
+    Inside it, this namespace's end (`host_addr`) is not a local address, as node 0 is not on another node."""
+
+    def __init__(self, tag):
+        self.name, self.veth = f"mlt{tag}", f"mlt{tag}h"
+        subnet = 10 + tag % 200
+        self.host_addr, self.inner_addr = f"10.77.{subnet}.1", f"10.77.{subnet}.2"
+
+    def __enter__(self):
+        inner = f"mlt{self.name[3:]}n"
+        inside = ["ip", "netns", "exec", self.name]
+        steps = [["ip", "netns", "add", self.name],
+                 ["ip", "link", "add", self.veth, "type", "veth", "peer", "name", inner],
+                 ["ip", "link", "set", inner, "netns", self.name],
+                 ["ip", "addr", "add", f"{self.host_addr}/24", "dev", self.veth],
+                 ["ip", "link", "set", self.veth, "up"],
+                 [*inside, "ip", "addr", "add", f"{self.inner_addr}/24", "dev", inner],
+                 [*inside, "ip", "link", "set", inner, "up"],
+                 [*inside, "ip", "link", "set", "lo", "up"]]
+        for step in steps:
+            done = subprocess.run(step, capture_output=True, text=True)
+            if done.returncode:
+                self.__exit__()
+                raise RuntimeError(f"cannot make a network namespace ({' '.join(step)}): {done.stderr.strip()}")
+        return self
+
+    def __exit__(self, *exc):
+        subprocess.run(["ip", "link", "del", self.veth], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+
+def test_two_nodes_under_msrun_keep_identical_weights(data, tmp_path):
+    """Two msrun launches as node 0 and node 1 (one CPU worker each): node 1 in a network namespace, because
+    msrun starts a scheduler on every node whose MASTER_ADDR is a local address (two launches on 127.0.0.1
+    both start one, and the second fails on the port)."""
+    script = os.path.join(ROOT, "scripts", "run_distribute_train_cpu.sh")
+    args = ["bash", script, data, "triplet", "none", "--batch_size", "6", "--epoch_size", "1",
+            "--save_rank_checkpoint", *SMALL]
+    with NetworkNamespace(os.getpid() % 10000) as net:
+        env = dict(os.environ, GLOG_v="3", PYTHONUNBUFFERED="1", WORKER_NUM="1", NODE_NUM="2",
+                   MASTER_ADDR=net.host_addr, MASTER_PORT=str(8700 + os.getpid() % 500))
+        nodes = []
+        for rank in (0, 1):
+            (tmp_path / f"node{rank}").mkdir()
+            prefix = [] if rank == 0 else ["ip", "netns", "exec", net.name]
+            nodes.append(subprocess.Popen(prefix + args, cwd=tmp_path / f"node{rank}",
+                                          env=dict(env, NODE_RANK=str(rank)), stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True))
+        outputs = [node.communicate(timeout=900)[0] for node in nodes]
+    for rank, (node, output) in enumerate(zip(nodes, outputs, strict=True)):
+        assert node.returncode == 0, f"node {rank} exit {node.returncode}:\n{output[-4000:]}"
+        assert f"node {rank} of 2: ranks {rank}-{rank} of 2, scheduler {net.host_addr}:" in output
+    node0, node1 = tmp_path / "node0" / "train_parallel", tmp_path / "node1" / "train_parallel"
+    assert os.listdir(node0 / "ckpt") == ["resnet50_triplet-1_4.ckpt"]  # rank 0 alone writes, on node 0
+    assert not (node1 / "ckpt").exists() and not (node1 / "scheduler.log").exists()  # node 1 only has a worker
+    assert "epoch: 1/1 done" in (node1 / "worker_1.log").read_text()
+    r0, r1 = load_values(node0 / "rank_0" / "final.ckpt"), load_values(node1 / "rank_1" / "final.ckpt")
+    trainable = [k for k in r0 if "moving_" not in k]
+    assert len(trainable) == 159
+    assert [k for k in trainable if not np.array_equal(r0[k], r1[k])] == []
+    assert any(not np.array_equal(r0[k], r1[k]) for k in r0 if "moving_" in k)  # two ranks, two halves of a batch
+
+
+def test_several_ascend_servers_start_their_own_ranks(data, tmp_path):
+    """The rank-table launcher on server 2 of 2 (RANK_START=2, DEVICE_NUM=2, RANK_SIZE=4): ranks 2 and 3 start,
+    each in its own folder; on this machine without Ascend each ends with the device error, and the script
+    returns the first failing rank's status."""
+    table = tmp_path / "rank_table.json"
+    table.write_text("{}")
+    log = run(["bash", os.path.join(ROOT, "scripts", "run_distribute_train.sh"), str(table), data, "none", "triplet"],
+              cwd=tmp_path, env={"DEVICE_NUM": "2", "RANK_SIZE": "4", "RANK_START": "2"}, expect=1)
+    assert sorted(os.listdir(tmp_path)) == ["rank_table.json", "train_parallel2", "train_parallel3"]
+    for rank in (2, 3):
+        assert f"rank {rank} failed with exit status 1, see train_parallel{rank}/log.txt" in log
+        last = (tmp_path / f"train_parallel{rank}" / "log.txt").read_text().splitlines()[-1]
+        assert "DeviceUnavailableError: --device_target Ascend" in last
+    log = run(["bash", os.path.join(ROOT, "scripts", "run_distribute_train.sh"), str(table), data, "none", "triplet"],
+              cwd=tmp_path, env={"RANK_SIZE": "8", "RANK_START": "4"}, expect=2)
+    assert "RANK_START=4 + DEVICE_NUM=8 exceeds RANK_SIZE=8" in log
+    gpu = os.path.join(ROOT, "scripts", "run_distribute_train_gpu.sh")
+    log = run(["bash", gpu, data, "triplet", "none"], cwd=tmp_path, env={"NODE_NUM": "2"}, expect=2)
+    assert "NODE_NUM=2 needs MASTER_ADDR" in log
+    log = run(["bash", gpu, data, "triplet", "none"], cwd=tmp_path, env={"NODE_NUM": "2", "NODE_RANK": "2",
+                                                                       "MASTER_ADDR": "10.0.0.1"}, expect=2)
+    assert "NODE_RANK must be below NODE_NUM=2, got 2" in log
+
+
 def test_a_new_run_never_overwrites_an_earlier_runs_checkpoints(data, tmp_path):
     earlier = tmp_path / "ckpt" / "resnet50_triplet-1_8.ckpt"
     earlier.parent.mkdir()
