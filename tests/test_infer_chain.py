@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import sys
 
-import mindspore as ms
 import numpy as np
 import pytest
 
@@ -23,7 +22,8 @@ pytestmark = pytest.mark.slow
 
 def start(args, cwd=None):
     env = dict(os.environ, GLOG_v="3", PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
-    env.pop("MINDSPORE_PATH", None)  # build.sh must look for MindSpore the default way
+    for name in ("MS_LITE_HOME", "LITE_HOME"):  # build.sh must find no Lite package
+        env.pop(name, None)
     return subprocess.Popen(args, cwd=cwd or ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
@@ -145,14 +145,127 @@ def test_result_files_must_match_the_labels(chain, tmp_path):
         load_results(str(results), labels)
 
 
-@pytest.mark.skipif(os.path.isfile(os.path.join(os.path.dirname(ms.__file__), "include", "api", "model.h")),
-                    reason="this MindSpore package has the C++ inference API: the build step may succeed")
-def test_310_script_stops_at_the_build_step_here(chain, tmp_path):
+def test_310_script_stops_at_the_build_step_without_lite(chain, tmp_path):
     log = run(["bash", os.path.join(ROOT, "scripts", "run_infer_310.sh"), chain["mindir"], chain["data"], "0",
                "--eval_list", "test.txt", "--image_size", str(SIZE)], cwd=tmp_path, expect=1)
-    assert "build.sh: error: no MindSpore C++ inference API in" in log
+    assert "build.sh: error: MindSpore Lite not found: set MS_LITE_HOME (or LITE_HOME)" in log
     assert re.search(r"error: build failed with exit status 1 \(log: .*build\.log\); later steps not run", log)
     assert sorted(os.listdir(tmp_path)) == ["build.log"]  # neither preprocess nor postprocess ran
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The runner built against tests/lite_stub: headers declaring the MindSpore 2.10 Lite API the runner uses and
+# a stand-in libmindspore-lite.so whose model folds each input into 2048 values (see its source).
+
+STUB = os.path.join(ROOT, "tests", "lite_stub")
+RUNNER = os.path.join(ROOT, "ascend310_infer")
+
+
+def fold(values, size=2048):
+    """The stub model: output[j] = sum of the input values at indices i with i % size == j."""
+    values = np.asarray(values, np.float64).reshape(-1)
+    return np.bincount(np.arange(len(values)) % size, weights=values, minlength=size)
+
+
+@pytest.fixture(scope="module")
+def lite_stub(tmp_path_factory):
+    """A Lite-shaped package (runtime/include/api, runtime/lib/libmindspore-lite.so) made of the stub."""
+    home = tmp_path_factory.mktemp("lite")
+    shutil.copytree(os.path.join(STUB, "runtime", "include"), home / "runtime" / "include")
+    (home / "runtime" / "lib").mkdir()
+    subprocess.run(["g++", "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-I",
+                    str(home / "runtime"), os.path.join(STUB, "src", "lite_stub.cc"), "-o",
+                    str(home / "runtime" / "lib" / "libmindspore-lite.so")], check=True)
+    return home
+
+
+def test_the_runner_needs_exactly_the_2_10_symbols_the_stub_declares(tmp_path):
+    """main.cc compiled against the stub headers asks the library for the same symbols (mangled: names and
+    parameter types) as against MindSpore 2.10's Lite headers, recorded in tests/lite_stub/used_symbols.txt."""
+    obj = tmp_path / "main.o"
+    subprocess.run(["g++", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-c", "-I", os.path.join(STUB, "runtime"),
+                    "-I", RUNNER, os.path.join(RUNNER, "src", "main.cc"), "-o", str(obj)], check=True)
+    undefined = subprocess.run(["nm", "-u", str(obj)], capture_output=True, text=True, check=True).stdout.split()
+    used = sorted(name for name in undefined if "mindspore" in name.lower())
+    with open(os.path.join(STUB, "used_symbols.txt")) as f:
+        recorded = f.read().split()
+    assert used == recorded, "main.cc's Lite API use changed: check the new calls against the 2.10 headers"
+
+
+@pytest.fixture(scope="module")
+def stub_chain(chain, lite_stub, tmp_path_factory):
+    """run_infer_310.sh with MS_LITE_HOME=the stub, on Ascend device 3 (the stub's Ascend is the CPU)."""
+    work = tmp_path_factory.mktemp("stub_chain")
+    out, cwd = work / "runner", work / "run"
+    cwd.mkdir()
+    env = dict(os.environ, GLOG_v="3", PYTHONPATH=ROOT, MS_LITE_HOME=str(lite_stub),
+               INFER_BUILD_DIR=str(work / "build"), INFER_OUT_DIR=str(out))
+    env.pop("LITE_HOME", None)
+    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "run_infer_310.sh"), chain["mindir"], chain["data"],
+                           "3", "--eval_list", "test.txt", "--image_size", str(SIZE)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    return {"proc": proc, "cwd": cwd, "runner": out / "main", "env": env, "home": lite_stub}
+
+
+def test_310_chain_on_the_lite_stub_writes_the_models_outputs(chain, stub_chain):
+    proc, cwd = stub_chain["proc"], stub_chain["cwd"]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    infer_log = (cwd / "infer.log").read_text()
+    assert f"lite stub: Build {chain['mindir']} on Ascend device 3" in infer_log
+    assert "input x 1x3x32x32, 32 input files" in infer_log
+    inputs = cwd / "preprocess_Result" / "img_data"
+    for i in range(32):
+        got = np.fromfile(cwd / "result_Files" / f"sop_{i}_0.bin", np.float32)
+        np.testing.assert_allclose(got, fold(np.fromfile(inputs / f"sop_{i}.bin", np.float32)), rtol=1e-5,
+                                   atol=1e-4)
+    assert re.search(r"^NN inference cost average time: [0-9.e-]+ ms of infer_count 32$",
+                     (cwd / "time_Result" / "test_perform_static.txt").read_text(), re.M)
+    # acc.log is postprocess's metrics of those outputs: brute-force Recall@1 on the folded inputs.
+    features = np.stack([fold(np.fromfile(inputs / f"sop_{i}.bin", np.float32)) for i in range(32)])
+    labels = np.array([np.fromfile(cwd / "preprocess_Result" / "label" / f"sop_{i}.bin", np.int32)[0]
+                       for i in range(32)])
+    x = l2_normalize_rows(features).astype(np.float64)
+    dist = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(dist, np.inf)
+    expected = np.mean(labels[dist.argmin(1)] == labels)
+    assert float(eval_recall((cwd / "acc.log").read_text())) == pytest.approx(expected, abs=5e-5)
+
+
+def runner(stub_chain, *args, expect, env=None):
+    proc = subprocess.run([str(stub_chain["runner"]), *args], cwd=stub_chain["cwd"], capture_output=True, text=True,
+                          env=dict(stub_chain["env"], **(env or {})), timeout=60)
+    assert proc.returncode == expect, proc.stdout + proc.stderr
+    return proc
+
+
+def test_runner_on_cpu_and_its_errors(chain, stub_chain, tmp_path):
+    inputs = str(stub_chain["cwd"] / "preprocess_Result" / "img_data")
+    mindir = chain["mindir"]
+    proc = runner(stub_chain, f"--mindir_path={mindir}", f"--dataset_path={inputs}", "--device_type=CPU",
+                  "--thread_num", "3", expect=0)
+    assert f"lite stub: Build {mindir} on CPU with 3 threads" in proc.stderr
+    assert f"{mindir} on the CPU: input x 1x3x32x32" in proc.stdout
+    last = runner(stub_chain, f"--mindir_path={mindir}", f"--dataset_path={inputs}", "--device_type=GPU",
+                  expect=1).stderr.strip().splitlines()[-1]
+    assert last == "error: --device_type must be Ascend or CPU, got 'GPU'"
+    last = runner(stub_chain, f"--mindir_path={mindir}", f"--dataset_path={inputs}", expect=1,
+                  env={"LITE_STUB_INPUT_SHAPE": "1,3,16,16"}).stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: .*img_data/sop_0\.bin: 12288 bytes, the model input 1x3x16x16 needs 3072", last)
+    last = runner(stub_chain, "--mindir_path", str(tmp_path / "none.mindir"), expect=1).stderr.strip()
+    assert last.endswith(f"error: --mindir_path '{tmp_path / 'none.mindir'}' is not a file")
+    last = runner(stub_chain, f"--mindir_path={mindir}", f"--dataset_path={tmp_path}", expect=1).stderr.strip()
+    assert last.endswith(f"error: no *.bin input files in {tmp_path}")
+    last = runner(stub_chain, "--device", "1", expect=1).stderr.strip().splitlines()[-1]
+    assert last == "error: unknown flag --device"
+
+
+def test_build_names_what_it_looked_for(tmp_path):
+    env = dict(os.environ, MS_LITE_HOME=str(tmp_path), INFER_BUILD_DIR=str(tmp_path / "b"),
+               INFER_OUT_DIR=str(tmp_path / "o"))
+    proc = subprocess.run(["bash", os.path.join(RUNNER, "build.sh")], env=env, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (f"build.sh: error: not a MindSpore Lite package: {tmp_path}/runtime/include/api/"
+                                   f"model.h {tmp_path}/runtime/lib/libmindspore-lite.so not found")
 
 
 def test_infer_scripts_check_their_arguments(chain, tmp_path):

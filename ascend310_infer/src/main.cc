@@ -1,10 +1,12 @@
-// Ascend 310 runner: every *.bin input of --dataset_path (sorted by name) through a MindIR, one Predict each.
-// Writes result_Files/<name>_<k>.bin (output k of <name>.bin) and the average Predict latency to
-// time_Result/test_perform_static.txt, both in the current folder. src/infer_cpu.py is the CPU twin.
-#include <gflags/gflags.h>
-
+// Offline inference runner on MindSpore Lite's C++ API: every *.bin input of --dataset_path (sorted by name)
+// through a MindIR written by export.py, one Predict each, on an Ascend 310/310P (Lite's Ascend backend) or a
+// CPU (--device_type CPU, Lite's CPU package on x86_64 or aarch64). Writes result_Files/<name>_<k>.bin (output k
+// of <name>.bin) and the average Predict latency to time_Result/test_perform_static.txt, both in the current
+// folder. src/infer_cpu.py is the Python twin. The API calls used are those of MindSpore 2.10's public headers
+// (include/api/model.h, context.h, types.h, status.h), as MindSpore Lite ships them in runtime/include/api/.
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -13,13 +15,10 @@
 
 #include "include/api/context.h"
 #include "include/api/model.h"
-#include "include/api/serialization.h"
+#include "include/api/status.h"
 #include "include/api/types.h"
+#include "inc/flags.h"
 #include "inc/utils.h"
-
-DEFINE_string(mindir_path, "", "MindIR file exported by export.py (batch 1)");
-DEFINE_string(dataset_path, ".", "folder of preprocessed float32 *.bin inputs (preprocess.py img_data)");
-DEFINE_int32(device_id, 0, "Ascend device id");
 
 namespace {
 constexpr char kResultDir[] = "result_Files";
@@ -39,41 +38,76 @@ std::string ShapeText(const std::vector<int64_t> &shape) {
   }
   return text;
 }
+
+// The Lite context for --device_type; nullptr (and *error) for an unknown type.
+std::shared_ptr<mindspore::Context> MakeContext(const std::string &device_type, int device_id, int thread_num,
+                                                std::string *error) {
+  auto context = std::make_shared<mindspore::Context>();
+  if (device_type == "Ascend") {
+    auto ascend = std::make_shared<mindspore::AscendDeviceInfo>();
+    ascend->SetDeviceID(static_cast<uint32_t>(device_id));
+    context->MutableDeviceInfo().push_back(ascend);
+  } else if (device_type == "CPU") {
+    context->SetThreadNum(thread_num);
+    context->MutableDeviceInfo().push_back(std::make_shared<mindspore::CPUDeviceInfo>());
+  } else {
+    *error = "--device_type must be Ascend or CPU, got '" + device_type + "'";
+    return nullptr;
+  }
+  return context;
+}
 }  // namespace
 
 int main(int argc, char **argv) {
-  gflags::ParseCommandLineFlags(&argc, &argv, true);
-  if (!IsFile(FLAGS_mindir_path)) {
-    return Fail("--mindir_path '" + FLAGS_mindir_path + "' is not a file");
-  }
+  Flags flags;
+  flags.Define("mindir_path", "", "MindIR file exported by export.py (batch 1)");
+  flags.Define("dataset_path", ".", "folder of preprocessed float32 *.bin inputs (preprocess.py img_data)");
+  flags.Define("device_id", "0", "Ascend device id (unused on CPU)");
+  flags.Define("device_type", "Ascend", "Ascend (310/310P, Lite's Ascend backend) or CPU (Lite's CPU package)");
+  flags.Define("thread_num", "2", "CPU threads (--device_type CPU)");
   std::string error;
+  if (!flags.Parse(argc, argv, &error)) {
+    std::cerr << "flags:\n" << flags.Usage();
+    return Fail(error);
+  }
+  if (flags.help_requested()) {
+    std::cout << "usage: main --mindir_path=FILE --dataset_path=DIR [--device_type=Ascend|CPU] [--device_id=N]\n"
+              << flags.Usage();
+    return 0;
+  }
+  const std::string mindir_path = flags.Get("mindir_path");
+  const std::string device_type = flags.Get("device_type");
+  int device_id = 0;
+  int thread_num = 0;
+  if (!flags.GetInt("device_id", &device_id, &error) || !flags.GetInt("thread_num", &thread_num, &error)) {
+    return Fail(error);
+  }
+  if (!IsFile(mindir_path)) {
+    return Fail("--mindir_path '" + mindir_path + "' is not a file");
+  }
+  const std::shared_ptr<mindspore::Context> context = MakeContext(device_type, device_id, thread_num, &error);
+  if (context == nullptr) {
+    return Fail(error);
+  }
   std::vector<std::string> inputs;
-  if (!ListBinFiles(FLAGS_dataset_path, &inputs, &error)) {
+  if (!ListBinFiles(flags.Get("dataset_path"), &inputs, &error)) {
     return Fail(error);
   }
 
-  auto context = std::make_shared<mindspore::Context>();
-  auto ascend = std::make_shared<mindspore::AscendDeviceInfo>();
-  ascend->SetDeviceID(static_cast<uint32_t>(FLAGS_device_id));
-  context->MutableDeviceInfo().push_back(ascend);
-
-  mindspore::Graph graph;
-  mindspore::Status status = mindspore::Serialization::Load(FLAGS_mindir_path, mindspore::ModelType::kMindIR, &graph);
-  if (status != mindspore::kSuccess) {
-    return Fail("cannot load " + FLAGS_mindir_path + ": " + status.ToString());
-  }
+  // Lite reads and compiles the MindIR itself (ModelType::kMindIR: the file ms.export writes).
   mindspore::Model model;
-  status = model.Build(mindspore::GraphCell(graph), context);
+  mindspore::Status status = model.Build(mindir_path, mindspore::ModelType::kMindIR, context);
+  const std::string where = device_type == "CPU" ? "the CPU" : "Ascend device " + std::to_string(device_id);
   if (status != mindspore::kSuccess) {
-    return Fail("cannot build the model on device " + std::to_string(FLAGS_device_id) + ": " + status.ToString());
+    return Fail("cannot build " + mindir_path + " on " + where + ": " + status.ToString());
   }
-  const std::vector<mindspore::MSTensor> model_inputs = model.GetInputs();
+  std::vector<mindspore::MSTensor> model_inputs = model.GetInputs();
   if (model_inputs.size() != 1) {
     return Fail("expected a model with one input, it has " + std::to_string(model_inputs.size()));
   }
-  const mindspore::MSTensor &input = model_inputs[0];
-  std::cout << FLAGS_mindir_path << ": input " << input.Name() << " " << ShapeText(input.Shape()) << ", "
-            << inputs.size() << " input files" << std::endl;
+  mindspore::MSTensor &input = model_inputs[0];
+  std::cout << mindir_path << " on " << where << ": input " << input.Name() << " " << ShapeText(input.Shape())
+            << ", " << inputs.size() << " input files" << std::endl;
 
   if (!MakeDir(kResultDir, &error) || !MakeDir(kTimeDir, &error)) {
     return Fail(error);
@@ -88,12 +122,15 @@ int main(int argc, char **argv) {
       return Fail(inputs[i] + ": " + std::to_string(data.size()) + " bytes, the model input " +
                   ShapeText(input.Shape()) + " needs " + std::to_string(input.DataSize()));
     }
-    // This MSTensor constructor copies the data.
-    const std::vector<mindspore::MSTensor> feed{
-      mindspore::MSTensor(input.Name(), input.DataType(), input.Shape(), data.data(), data.size())};
+    // The model's own input tensor (MSTensor is a handle): the bytes go straight into it.
+    void *buffer = input.MutableData();
+    if (buffer == nullptr) {
+      return Fail("the model gives no input buffer for " + inputs[i]);
+    }
+    std::memcpy(buffer, data.data(), data.size());
     std::vector<mindspore::MSTensor> outputs;
     const auto start = std::chrono::steady_clock::now();
-    status = model.Predict(feed, &outputs);
+    status = model.Predict(model_inputs, &outputs);
     const auto end = std::chrono::steady_clock::now();
     if (status != mindspore::kSuccess) {
       return Fail("inference failed on " + inputs[i] + ": " + status.ToString());
@@ -101,7 +138,7 @@ int main(int argc, char **argv) {
     total_ms += std::chrono::duration<double, std::milli>(end - start).count();
     for (size_t k = 0; k < outputs.size(); ++k) {
       const std::string path = std::string(kResultDir) + "/" + FileStem(inputs[i]) + "_" + std::to_string(k) + ".bin";
-      const std::shared_ptr<const void> bytes = outputs[k].Data();  // a host copy
+      const std::shared_ptr<const void> bytes = outputs[k].Data();  // host memory
       if (bytes == nullptr || !WriteFile(path, bytes.get(), outputs[k].DataSize(), &error)) {
         return Fail(bytes == nullptr ? "no output data for " + inputs[i] : error);
       }
