@@ -32,7 +32,7 @@ def main(argv=None):
     cfg = load_stage_config(args)
     check_export_format(args.file_format, args.device_target)  # refuse AIR before any work
     init_context(args.device_target, args.device_id)
-    net = build_feature_net(args.ckpt_file, args.l2_normalize)
+    net = build_feature_net(args.ckpt_file, args.l2_normalize, cfg.backbone_padding)
     path = export_network(net, args.file_name, args.file_format, args.batch_size, cfg.image_size)
     shape = f"{args.batch_size}x3x{cfg.image_size}x{cfg.image_size}"
     output = "L2-normalised feature" if args.l2_normalize else "feature"

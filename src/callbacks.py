@@ -127,9 +127,10 @@ class CheckpointSaver(Callback):
     """
 
     def __init__(self, directory, prefix, every_epochs, keep_max, total_epochs, steps_per_epoch, enabled=True,
-                 plan=None):
+                 plan=None, marker=None):
         super().__init__()
         self.plan = plan
+        self.marker = dict(marker or {})  # entries written into every checkpoint (backbone_padding)
         self.directory = directory
         self.prefix = prefix
         self.every_epochs = max(1, int(every_epochs))
@@ -147,7 +148,7 @@ class CheckpointSaver(Callback):
             return
         step = epoch * self.steps_per_epoch
         path = os.path.join(self.directory, checkpoint_name(self.prefix, epoch, step))
-        save_checkpoint_atomic(args.train_network, path, {"epoch_num": epoch, "step_num": step})
+        save_checkpoint_atomic(args.train_network, path, {**self.marker, "epoch_num": epoch, "step_num": step})
         self.last_saved = path
         logger.info("saved checkpoint %s", path)
         if path not in self.written:
@@ -167,9 +168,10 @@ class EvalCallback(Callback):
     """Every `interval` epochs (and after the last), run `evaluate()` -> metrics dict and keep the training
     state with the best Recall@1 as `<prefix>-best.ckpt`. Only the process with `enabled=True` runs it."""
 
-    def __init__(self, evaluate, interval, directory, prefix, total_epochs, enabled=True, plan=None):
+    def __init__(self, evaluate, interval, directory, prefix, total_epochs, enabled=True, plan=None, marker=None):
         super().__init__()
         self.plan = plan
+        self.marker = dict(marker or {})
         self.evaluate = evaluate
         self.interval = max(1, int(interval))
         self.best_path = os.path.join(directory, f"{prefix}-best.ckpt")
@@ -193,5 +195,6 @@ class EvalCallback(Callback):
                     f"{time.monotonic() - start:.1f} s)")
         if recall > self.best:
             self.best = recall
-            save_checkpoint_atomic(args.train_network, self.best_path, {"epoch_num": epoch, "recall_at_1": recall})
+            save_checkpoint_atomic(args.train_network, self.best_path,
+                                   {**self.marker, "epoch_num": epoch, "recall_at_1": recall})
             logger.info("new best Recall@1 %.4f: saved %s", recall, self.best_path)

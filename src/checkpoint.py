@@ -10,6 +10,8 @@ import tempfile
 
 import mindspore as ms
 
+from src.resnet import CONVENTION_KEY, PADDINGS
+
 
 class CheckpointError(ValueError):
     """A checkpoint does not fit the network it is loaded into."""
@@ -20,7 +22,11 @@ def _read_checkpoint(ckpt_path, wanted):
         raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
     try:
         return ms.load_checkpoint(ckpt_path, choice_func=lambda name: name in wanted)
-    except (RuntimeError, ValueError, OSError) as err:
+    except ValueError as err:
+        if "empty after filter" in str(err):  # a readable file holding none of the wanted names
+            return {}
+        raise CheckpointError(f"{ckpt_path}: not a readable MindSpore checkpoint ({err})") from err
+    except (RuntimeError, OSError) as err:
         raise CheckpointError(f"{ckpt_path}: not a readable MindSpore checkpoint ({err})") from err
 
 
@@ -51,6 +57,36 @@ def load_strict(net, ckpt_path, what="network", keep=()):
 def load_backbone_checkpoint(backbone, ckpt_path):
     """Load backbone weights (from an ImageNet, softmax-stage or metric-stage checkpoint) strictly."""
     return load_strict(backbone, ckpt_path, what="backbone")
+
+
+def checkpoint_padding(ckpt_path):
+    """The backbone padding convention a checkpoint records (written by train.py and src/convert_weights.py),
+    or None when it records none (MindSpore Hub's ImageNet checkpoint, older runs: they are "same")."""
+    value = _read_checkpoint(ckpt_path, {CONVENTION_KEY}).get(CONVENTION_KEY)
+    if value is None:
+        return None
+    if str(value) not in PADDINGS:
+        raise CheckpointError(f"{ckpt_path}: unknown {CONVENTION_KEY} {value!r} recorded")
+    return str(value)
+
+
+def resolve_padding(requested, ckpt_paths):
+    """The padding convention of a network that loads `ckpt_paths` (None entries skipped).
+
+    requested "auto": the convention the checkpoints record ("same" if none records one). An explicit "same" or
+    "symmetric" must agree with every checkpoint that records a convention; otherwise CheckpointError names the
+    checkpoint and the config key to set.
+    """
+    if requested != "auto" and requested not in PADDINGS:
+        raise CheckpointError(f"{CONVENTION_KEY} must be auto, {' or '.join(PADDINGS)}, got {requested!r}")
+    recorded = [(path, checkpoint_padding(path)) for path in ckpt_paths if path]
+    recorded = [(path, padding) for path, padding in recorded if padding]
+    choice = requested if requested != "auto" else (recorded[0][1] if recorded else "same")
+    for path, padding in recorded:
+        if padding != choice:
+            raise CheckpointError(f"{path} holds weights for {CONVENTION_KEY}={padding}, but this run has "
+                                  f"{CONVENTION_KEY}={choice}: set --{CONVENTION_KEY} {padding} (or auto)")
+    return choice
 
 
 def save_checkpoint_atomic(net, path, append_dict=None):

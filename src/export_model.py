@@ -10,7 +10,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
-from src.checkpoint import load_backbone_checkpoint
+from src.checkpoint import load_backbone_checkpoint, resolve_padding
 from src.resnet import L2Normalize, ResNet50
 
 EXPORT_FORMATS = ("MINDIR", "ONNX", "AIR")
@@ -49,9 +49,10 @@ def check_export_format(file_format, device_target):
     return fmt
 
 
-def build_feature_net(ckpt_file, l2_normalize=False):
-    """A FeatureNet in inference mode with the backbone loaded strictly from `ckpt_file`."""
-    backbone = ResNet50()
+def build_feature_net(ckpt_file, l2_normalize=False, padding="auto"):
+    """A FeatureNet in inference mode with the backbone loaded strictly from `ckpt_file`; `padding` (config key
+    backbone_padding) auto: the convention the checkpoint records."""
+    backbone = ResNet50(resolve_padding(padding, [ckpt_file]))
     load_backbone_checkpoint(backbone, ckpt_file)
     net = FeatureNet(backbone, l2_normalize)
     net.set_train(False)

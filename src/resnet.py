@@ -3,14 +3,30 @@
 Parameter names follow MindSpore's model-zoo ResNet-50 (`conv1.weight`, `bn1.gamma`,
 `layer1.0.conv1.weight`, `layer1.0.down_sample_layer.0.weight`, ...), so the published
 ImageNet checkpoint loads into `ResNet50WithHead.backbone` without renaming.
+
+Two padding conventions (`padding`, config key `backbone_padding`), with the BatchNorm eps of the weights
+trained under each:
+  - "same" (MindSpore's model zoo, its ImageNet checkpoint): pad_mode="same", which on a stride-2 layer pads
+    asymmetrically: (2, 3) for the 7x7 stem, (0, 1) for the 3x3 convolutions and the max pool; eps 1e-4.
+  - "symmetric" (torchvision, timm): every convolution pads k // 2 on each side and the max pool 1; eps 1e-5.
+    Weights converted from torchvision (src/convert_weights.py) need it: with "same" the main branch of
+    layer2.0 / layer3.0 / layer4.0 would be one pixel off from its 1x1 shortcut.
 """
 from mindspore import nn, ops
 from mindspore.common.initializer import HeNormal
 
 FEATURE_DIM = 2048
 EXPANSION = 4
-BN_EPS = 1e-4
+PADDINGS = ("same", "symmetric")
+BN_EPS = {"same": 1e-4, "symmetric": 1e-5}
 BN_MOMENTUM = 0.9
+CONVENTION_KEY = "backbone_padding"  # config key, and the checkpoint entry naming the convention of its weights
+
+
+def check_padding(padding):
+    if padding not in PADDINGS:
+        raise ValueError(f"{CONVENTION_KEY} must be one of {', '.join(PADDINGS)}, got {padding!r}")
+    return padding
 
 
 def l2_normalize(x, axis=1, eps=1e-12):
@@ -28,35 +44,37 @@ class L2Normalize(nn.Cell):
         return l2_normalize(x, self.axis, self.eps)
 
 
-def _conv(in_channel, out_channel, kernel_size, stride=1):
-    return nn.Conv2d(in_channel, out_channel, kernel_size=kernel_size, stride=stride, pad_mode="same",
-                     has_bias=False, weight_init=HeNormal(mode="fan_out", nonlinearity="relu"))
+def _conv(in_channel, out_channel, kernel_size, stride=1, padding="same"):
+    pads = {"pad_mode": "same"} if padding == "same" else {"pad_mode": "pad", "padding": kernel_size // 2}
+    return nn.Conv2d(in_channel, out_channel, kernel_size=kernel_size, stride=stride, has_bias=False,
+                     weight_init=HeNormal(mode="fan_out", nonlinearity="relu"), **pads)
 
 
-def _bn(channel, last_in_block=False):
+def _bn(channel, last_in_block=False, padding="same"):
     # gamma=0 on the last BN of a block makes every residual branch start as the identity.
-    return nn.BatchNorm2d(channel, eps=BN_EPS, momentum=BN_MOMENTUM,
+    return nn.BatchNorm2d(channel, eps=BN_EPS[padding], momentum=BN_MOMENTUM,
                           gamma_init="zeros" if last_in_block else "ones")
 
 
 class Bottleneck(nn.Cell):
     """1x1 -> 3x3 (carries the stride: v1.5) -> 1x1 with a projection shortcut when shapes change."""
 
-    def __init__(self, in_channel, out_channel, stride=1):
+    def __init__(self, in_channel, out_channel, stride=1, padding="same"):
         super().__init__()
         mid = out_channel // EXPANSION
-        self.conv1 = _conv(in_channel, mid, 1)
-        self.bn1 = _bn(mid)
-        self.conv2 = _conv(mid, mid, 3, stride=stride)
-        self.bn2 = _bn(mid)
-        self.conv3 = _conv(mid, out_channel, 1)
-        self.bn3 = _bn(out_channel, last_in_block=True)
+        self.conv1 = _conv(in_channel, mid, 1, padding=padding)
+        self.bn1 = _bn(mid, padding=padding)
+        self.conv2 = _conv(mid, mid, 3, stride=stride, padding=padding)
+        self.bn2 = _bn(mid, padding=padding)
+        self.conv3 = _conv(mid, out_channel, 1, padding=padding)
+        self.bn3 = _bn(out_channel, last_in_block=True, padding=padding)
         self.relu = nn.ReLU()
         self.down_sample = stride != 1 or in_channel != out_channel
         self.down_sample_layer = None
         if self.down_sample:
-            self.down_sample_layer = nn.SequentialCell([_conv(in_channel, out_channel, 1, stride=stride),
-                                                        _bn(out_channel)])
+            self.down_sample_layer = nn.SequentialCell([_conv(in_channel, out_channel, 1, stride=stride,
+                                                              padding=padding),
+                                                        _bn(out_channel, padding=padding)])
 
     def construct(self, x):
         identity = x
@@ -69,23 +87,27 @@ class Bottleneck(nn.Cell):
 
 
 class ResNet50(nn.Cell):
-    """ResNet-50 v1.5 up to global average pooling: NCHW float32 images -> (N, 2048) features."""
+    """ResNet-50 v1.5 up to global average pooling: NCHW float32 images -> (N, 2048) features.
+
+    `padding`: "same" or "symmetric" (see the module docstring)."""
 
     LAYERS = (3, 4, 6, 3)
     WIDTHS = (256, 512, 1024, 2048)
     STRIDES = (1, 2, 2, 2)
 
-    def __init__(self):
+    def __init__(self, padding="same"):
         super().__init__()
-        self.conv1 = _conv(3, 64, 7, stride=2)
-        self.bn1 = _bn(64)
+        self.padding = check_padding(padding)
+        self.conv1 = _conv(3, 64, 7, stride=2, padding=padding)
+        self.bn1 = _bn(64, padding=padding)
         self.relu = nn.ReLU()
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="same")
+        pool_pads = {"pad_mode": "same"} if padding == "same" else {"pad_mode": "pad", "padding": 1}
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, **pool_pads)
         in_channel = 64
         stages = []
         for blocks, width, stride in zip(self.LAYERS, self.WIDTHS, self.STRIDES, strict=True):
-            layer = [Bottleneck(in_channel, width, stride)]
-            layer += [Bottleneck(width, width) for _ in range(blocks - 1)]
+            layer = [Bottleneck(in_channel, width, stride, padding)]
+            layer += [Bottleneck(width, width, padding=padding) for _ in range(blocks - 1)]
             stages.append(nn.SequentialCell(layer))
             in_channel = width
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
@@ -104,11 +126,11 @@ class ResNet50WithHead(nn.Cell):
     parameters are `fc.weight` / `fc.bias`. Metric-learning stages train `net.backbone` alone.
     """
 
-    def __init__(self, class_num):
+    def __init__(self, class_num, padding="same"):
         super().__init__(auto_prefix=False)
         if int(class_num) < 1:
             raise ValueError(f"class_num must be a positive integer, got {class_num!r}")
-        self.backbone = ResNet50()
+        self.backbone = ResNet50(padding)
         self.head = ClassifierHead(FEATURE_DIM, int(class_num))
 
     def construct(self, x):
@@ -124,6 +146,6 @@ class ClassifierHead(nn.Cell):
         return self.fc(x)
 
 
-def resnet50(class_num):
+def resnet50(class_num, padding="same"):
     """ResNet-50 v1.5 with a `class_num`-way classification head; `.backbone` gives 2048-d features."""
-    return ResNet50WithHead(class_num)
+    return ResNet50WithHead(class_num, padding)

@@ -7,7 +7,13 @@ from mindspore import nn
 from mindspore.train import FixedLossScaleManager, Model
 
 from src.callbacks import CheckpointSaver, EvalCallback, TrainMonitor
-from src.checkpoint import load_backbone_checkpoint, load_strict, read_checkpoint_values, save_checkpoint_atomic
+from src.checkpoint import (
+    load_backbone_checkpoint,
+    load_strict,
+    read_checkpoint_values,
+    resolve_padding,
+    save_checkpoint_atomic,
+)
 from src.config import save_config
 from src.dataset import create_dataset, read_image_list
 from src.features import evaluate_backbone
@@ -17,7 +23,7 @@ from src.log import get_logger
 from src.loss import create_loss
 from src.lr_generator import get_lr
 from src.metrics import check_positives
-from src.resnet import ResNet50, resnet50
+from src.resnet import CONVENTION_KEY, ResNet50, resnet50
 from src.sink_mode import resolve_plan
 
 logger = get_logger(__name__)
@@ -44,11 +50,12 @@ class TrainRequest:
 
 def build_network(loss_name, cfg):
     """(network trained by Model, backbone inside it). Softmax trains backbone + head; arcmargin's class
-    weights live in its loss; triplet / quadruplet train the backbone alone (the seed's net.backbone)."""
+    weights live in its loss; triplet / quadruplet train the backbone alone (the seed's net.backbone).
+    cfg.backbone_padding must be resolved (same or symmetric)."""
     if loss_name in CLASSIFICATION_STAGES:
-        net = resnet50(cfg.class_num)
+        net = resnet50(cfg.class_num, cfg.backbone_padding)
         return net, net.backbone
-    backbone = ResNet50()
+    backbone = ResNet50(cfg.backbone_padding)
     return backbone, backbone
 
 
@@ -87,6 +94,9 @@ def train(request, cfg):
         raise FileExistsError(f"{ckpt_dir} already holds checkpoints of an earlier {request.loss_name} run "
                               f"({', '.join(earlier[:3])}{', ...' if len(earlier) > 3 else ''}); choose another "
                               f"--output_dir, or continue that run with --resume")
+    # The convention the weights being loaded were trained with; config.yaml records the resolved value.
+    cfg[CONVENTION_KEY] = resolve_padding(cfg[CONVENTION_KEY], [request.ckpt_path, request.resume])
+    marker = {CONVENTION_KEY: cfg[CONVENTION_KEY]}  # written into every checkpoint of this run
     if is_writer:
         save_config(cfg, os.path.join(request.output_dir, "config.yaml"))
     ms.set_seed(cfg.seed)
@@ -134,7 +144,7 @@ def train(request, cfg):
     monitor = TrainMonitor(steps_per_epoch, cfg.epoch_size, cfg.batch_size * request.group_size, lr,
                            cfg.log_interval, plan=plan)
     saver = CheckpointSaver(ckpt_dir, prefix, cfg.save_checkpoint_epochs, cfg.keep_checkpoint_max, cfg.epoch_size,
-                            steps_per_epoch, enabled=is_writer and cfg.save_checkpoint, plan=plan)
+                            steps_per_epoch, enabled=is_writer and cfg.save_checkpoint, plan=plan, marker=marker)
     callbacks = [monitor]
     evaluator = None
     if request.run_eval:
@@ -142,7 +152,7 @@ def train(request, cfg):
             return evaluate_backbone(backbone, request.dataset_path, request.eval_list, cfg, ks=(1, 10))[0]
 
         evaluator = EvalCallback(evaluate, cfg.eval_interval, ckpt_dir, prefix, cfg.epoch_size, enabled=is_writer,
-                                 plan=plan)
+                                 plan=plan, marker=marker)
         callbacks.append(evaluator)
     history_path = os.path.join(request.output_dir, HISTORY_FILE)
     callbacks.append(HistoryWriter(history_path, monitor, evaluator, start_epoch, enabled=is_writer, plan=plan))
@@ -158,6 +168,7 @@ def train(request, cfg):
         logger.info("per-epoch history: %s (python -m src.history %s draws it)", history_path, history_path)
     if request.save_rank_checkpoint:
         # Debugging aid for distributed runs: every rank's final weights, to compare across ranks.
-        save_checkpoint_atomic(network, os.path.join(request.output_dir, f"rank_{request.rank}", "final.ckpt"))
+        save_checkpoint_atomic(network, os.path.join(request.output_dir, f"rank_{request.rank}", "final.ckpt"),
+                               marker)
     return {"checkpoint": saver.last_saved, "best_recall": evaluator.best if evaluator else None,
             "losses": list(monitor.losses)}
