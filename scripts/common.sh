@@ -30,8 +30,8 @@ need_dir() { [ -d "$1" ] || die_usage "$2 '$1' is not a folder"; }
 need_file() { [ -f "$1" ] || die_usage "$2 '$1' is not a file"; }
 need_int() { [[ "$1" =~ ^[0-9]+$ ]] || die_usage "$2 must be a non-negative integer, got '$1'"; }
 need_loss() {
-  case "$1" in softmax|arcmargin|triplet|quadruplet) ;; *)
-    die_usage "LOSS_NAME must be softmax, arcmargin, triplet or quadruplet, got '$1'" ;;
+  case "$1" in softmax|arcmargin|triplet|quadruplet|multisimilarity|proxyanchor|normsoftmax|npairs|eml) ;; *)
+    die_usage "LOSS_NAME must be softmax, arcmargin, triplet, quadruplet, multisimilarity, proxyanchor, normsoftmax, npairs or eml, got '$1'" ;;
   esac
 }
 

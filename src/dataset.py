@@ -26,7 +26,11 @@ from src.samplers import PKSampler, ShuffleSampler, TripletSampler, decode_token
 
 logger = get_logger(__name__)
 
-TRAIN_STAGES = ("softmax", "arcmargin", "triplet", "quadruplet")
+# How each training stage draws its batches (src/samplers.py): every image once in random order, consecutive
+# (anchor, positive, negative) triples, or P classes x K consecutive images (samples_each_class).
+BATCHES = {"softmax": "shuffle", "arcmargin": "shuffle", "normsoftmax": "shuffle", "proxyanchor": "shuffle",
+           "triplet": "triplet", "quadruplet": "pk", "multisimilarity": "pk", "npairs": "pk", "eml": "pk"}
+TRAIN_STAGES = tuple(BATCHES)
 STAGES = TRAIN_STAGES + ("eval",)
 EVAL_RESIZE_MODES = ("crop", "squash")
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
@@ -286,9 +290,13 @@ def create_dataset(dataset_path, list_file, batch_size, image_size, stage, seed=
     train = stage in TRAIN_STAGES
     if stage == "triplet" and batch_size % 3:
         raise ValueError(f"triplet batch_size must be a multiple of 3, got batch_size={batch_size}")
-    if stage == "quadruplet" and batch_size % samples_each_class:
-        raise ValueError(f"quadruplet batch_size must be a multiple of samples_each_class="
+    batches = BATCHES.get(stage)
+    if batches == "pk" and batch_size % samples_each_class:
+        raise ValueError(f"{stage} batch_size must be a multiple of samples_each_class="
                          f"{samples_each_class}, got batch_size={batch_size}")
+    if stage == "npairs" and samples_each_class != 2:
+        raise ValueError(f"npairs batches are (anchor, positive) pairs: samples_each_class must be 2, "
+                         f"got {samples_each_class}")
     drop_remainder = train if drop_remainder is None else drop_remainder
 
     if isinstance(list_file, ImageList):
@@ -299,11 +307,11 @@ def create_dataset(dataset_path, list_file, batch_size, image_size, stage, seed=
         images = drop_bad_images(images, num_parallel_workers)
 
     sampler = None
-    if stage in ("softmax", "arcmargin"):
+    if batches == "shuffle":
         sampler = ShuffleSampler(len(images), seed, start_epoch, rank, group_size)
-    elif stage == "triplet":
+    elif batches == "triplet":
         sampler = TripletSampler(images.labels, batch_size // 3, seed, start_epoch, rank, group_size)
-    elif stage == "quadruplet":
+    elif batches == "pk":
         sampler = PKSampler(images.labels, batch_size // samples_each_class, samples_each_class, seed,
                             start_epoch, rank, group_size)
 

@@ -15,7 +15,7 @@ import mindspore as ms
 from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import HeNormal, Normal, XavierUniform, initializer
 
-from src.resnet import l2_normalize
+from src.resnet import FEATURE_DIM, l2_normalize
 
 LOSS_NAMES = ("softmax", "arcmargin", "triplet", "quadruplet", "multisimilarity", "proxyanchor", "normsoftmax",
               "npairs", "eml")
@@ -361,14 +361,14 @@ def create_loss(loss_name, cfg):
     if loss_name == "quadruplet":
         return Quadrupletloss(margin=cfg.margin, samples_each_class=cfg.samples_each_class)
     if loss_name == "multisimilarity":
-        epsilon = cfg.ms_miner_epsilon if cfg.ms_miner_epsilon >= 0 else None
-        return MultiSimilarityloss(cfg.ms_alpha, cfg.ms_beta, cfg.ms_base, miner_epsilon=epsilon)
+        epsilon = cfg.miner_epsilon if cfg.miner_epsilon >= 0 else None
+        return MultiSimilarityloss(cfg.alpha, cfg.beta, cfg.base, miner_epsilon=epsilon)
     if loss_name == "proxyanchor":
-        return ProxyAnchorloss(cfg.class_num, cfg.embedding_dim, margin=cfg.margin, alpha=cfg.pa_alpha)
+        return ProxyAnchorloss(cfg.class_num, FEATURE_DIM, margin=cfg.margin, alpha=cfg.alpha)
     if loss_name == "normsoftmax":
-        return NormSoftmaxloss(cfg.class_num, cfg.embedding_dim, temperature=cfg.temperature)
+        return NormSoftmaxloss(cfg.class_num, FEATURE_DIM, temperature=cfg.temperature)
     if loss_name == "npairs":
-        return NPairsloss(reg_lambda=cfg.npairs_reg_lambda)
+        return NPairsloss(reg_lambda=cfg.reg_lambda)
     if loss_name == "eml":
         return EMLloss()
     raise ValueError(f"unknown loss_name {loss_name!r}; expected one of {', '.join(LOSS_NAMES)}")

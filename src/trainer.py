@@ -3,6 +3,7 @@ import os
 from dataclasses import dataclass
 
 import mindspore as ms
+import numpy as np
 from mindspore import nn
 from mindspore.train import FixedLossScaleManager, Model
 
@@ -20,7 +21,7 @@ from src.features import evaluate_backbone
 from src.history import FILE_NAME as HISTORY_FILE
 from src.history import HistoryWriter
 from src.log import get_logger
-from src.loss import create_loss
+from src.loss import PROXY_LOSSES, create_loss
 from src.lr_generator import get_lr
 from src.metrics import check_positives
 from src.resnet import CONVENTION_KEY, ResNet50, resnet50
@@ -59,6 +60,16 @@ def build_network(loss_name, cfg):
     return backbone, backbone
 
 
+def parameter_groups(network, loss, lr, proxy_lr_multiplier=1.0):
+    """The optimizer's parameters: the network's at the schedule `lr`, and a loss's own (class weights, proxies)
+    at `proxy_lr_multiplier` times it (Proxy-Anchor trains its proxies 100 times faster)."""
+    own = loss.trainable_params()
+    if not own or proxy_lr_multiplier == 1.0:
+        return network.trainable_params() + own
+    return [{"params": network.trainable_params()},
+            {"params": own, "lr": ms.Tensor(np.asarray(lr, np.float32) * np.float32(proxy_lr_multiplier))}]
+
+
 def checkpoint_prefix(loss_name):
     return f"resnet50_{loss_name}"
 
@@ -73,7 +84,7 @@ def resume_point(ckpt_path):
 
 
 def _check_class_num(loss_name, cfg, images):
-    if loss_name in ("softmax", "arcmargin") and images.num_classes > cfg.class_num:
+    if loss_name in CLASSIFICATION_STAGES + PROXY_LOSSES and images.num_classes > cfg.class_num:
         raise ValueError(f"{images.list_file} has {images.num_classes} classes but class_num={cfg.class_num}; "
                          f"set class_num={images.num_classes}")
 
@@ -129,15 +140,16 @@ def train(request, cfg):
                 cfg.lr_decay_mode)
     if len(lr) < cfg.epoch_size * steps_per_epoch:
         raise ValueError(f"learning-rate array has {len(lr)} entries, needs {cfg.epoch_size * steps_per_epoch}")
-    params = network.trainable_params() + loss.trainable_params()
-    optimizer = nn.Momentum(params, learning_rate=ms.Tensor(lr), momentum=cfg.momentum,
-                            weight_decay=cfg.weight_decay, loss_scale=float(cfg.loss_scale))
+    optimizer = nn.Momentum(parameter_groups(network, loss, lr, cfg.get("proxy_lr_multiplier", 1.0)),
+                            learning_rate=ms.Tensor(lr), momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                            loss_scale=float(cfg.loss_scale))
     model = Model(network, loss_fn=loss, optimizer=optimizer, amp_level=cfg.amp_level,
                   loss_scale_manager=FixedLossScaleManager(float(cfg.loss_scale), drop_overflow_update=False))
     if request.resume:
         # The per-step learning-rate array comes from this run's config (a resumed run may be given more
         # epochs); the global step restored with the rest indexes into it.
-        load_strict(model.train_network, request.resume, what="training state", keep=("learning_rate",))
+        schedules = tuple(p.name for p in model.train_network.get_parameters() if p.name.startswith("learning_rate"))
+        load_strict(model.train_network, request.resume, what="training state", keep=schedules)
         logger.info("resumed from %s after epoch %d", request.resume, start_epoch)
 
     plan = resolve_plan(cfg, cfg.device_target, steps_per_epoch, logger)

@@ -46,7 +46,8 @@ def run(loss_fn, embeddings, labels, weights=None, attr=None, indices=None, mine
         indices = miner(x, y)
     loss = loss_fn(x, y, indices) if indices is not None else loss_fn(x, y)
     grads = torch.autograd.grad(loss, [x, *params], allow_unused=True)
-    grads = [np.zeros_like(t.detach().numpy()) if g is None else g.numpy() for g, t in zip(grads, [x, *params])]
+    tensors = [x, *params]
+    grads = [np.zeros_like(t.detach().numpy()) if g is None else g.numpy() for g, t in zip(grads, tensors, strict=True)]
     return float(loss.detach()), grads
 
 
