@@ -19,7 +19,7 @@ from src.context import init_context
 from src.features import evaluate_backbone, save_features
 from src.log import get_logger
 from src.metrics import format_metrics_table
-from src.resnet import CONVENTION_KEY, ResNet50
+from src.resnet import CONVENTION_KEY, backbone_from_config
 from src.visualize import draw_retrievals, save_image
 
 logger = get_logger("eval")
@@ -52,7 +52,7 @@ def main(argv=None):
         raise FileNotFoundError(f"--dataset_path {args.dataset_path} is not a folder")
     init_context(args.device_target, args.device_id)
     ms.set_seed(cfg.seed)
-    backbone = ResNet50(resolve_padding(cfg[CONVENTION_KEY], [args.ckpt_path]))
+    backbone = backbone_from_config(cfg, resolve_padding(cfg[CONVENTION_KEY], [args.ckpt_path]))
     if args.ckpt_path:
         load_backbone_checkpoint(backbone, args.ckpt_path)
     metrics, features, labels, paths = evaluate_backbone(backbone, args.dataset_path, args.eval_list, cfg,

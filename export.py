@@ -6,7 +6,7 @@ from src.cli import add_common_arguments, load_stage_config, make_parser, parse_
 from src.context import init_context
 from src.export_model import EXPORT_FORMATS, build_feature_net, check_export_format, export_network
 from src.log import get_logger
-from src.resnet import FEATURE_DIM
+from src.resnet import head_options
 
 logger = get_logger("export")
 
@@ -32,12 +32,12 @@ def main(argv=None):
     cfg = load_stage_config(args)
     check_export_format(args.file_format, args.device_target)  # refuse AIR before any work
     init_context(args.device_target, args.device_id)
-    net = build_feature_net(args.ckpt_file, args.l2_normalize, cfg.backbone_padding)
+    net = build_feature_net(args.ckpt_file, args.l2_normalize, cfg.backbone_padding, head_options(cfg))
     path = export_network(net, args.file_name, args.file_format, args.batch_size, cfg.image_size)
     shape = f"{args.batch_size}x3x{cfg.image_size}x{cfg.image_size}"
     output = "L2-normalised feature" if args.l2_normalize else "feature"
     logger.info("exported %s (input float32 %s, output %s (%d, %d)) from %s",
-                args.file_format, shape, output, args.batch_size, FEATURE_DIM, args.ckpt_file)
+                args.file_format, shape, output, args.batch_size, net.backbone.out_dim, args.ckpt_file)
     print(f"exported: {path}")
 
 

@@ -54,9 +54,30 @@ def load_strict(net, ckpt_path, what="network", keep=()):
     return sorted(loaded)
 
 
-def load_backbone_checkpoint(backbone, ckpt_path):
-    """Load backbone weights (from an ImageNet, softmax-stage or metric-stage checkpoint) strictly."""
-    return load_strict(backbone, ckpt_path, what="backbone")
+HEAD_RECORD = ("pooling", "embedding_normalize")
+EMBEDDING = ("embedding.weight", "embedding.bias")
+
+
+def load_backbone_checkpoint(backbone, ckpt_path, new_head=False):
+    """Load backbone weights (from an ImageNet, softmax-stage or metric-stage checkpoint) strictly.
+
+    The file's head must be the backbone's (src.resnet.ResNet50): an embedding layer of another size (or one the
+    backbone lacks), or a recorded pooling / normalisation that differs, is a CheckpointError naming the config
+    keys to set. `new_head` (training from other weights): the file may lack the backbone's embedding layer,
+    which then keeps its initialisation, and its pooling may differ.
+    """
+    recorded = _read_checkpoint(ckpt_path, {EMBEDDING[0], *HEAD_RECORD})
+    size = int(recorded[EMBEDDING[0]].shape[0]) if EMBEDDING[0] in recorded else 0
+    ours = {"embedding_size": str(backbone.embedding_size), **backbone.head_record()}
+    theirs = {"embedding_size": str(size), **{key: str(recorded[key]) for key in HEAD_RECORD if key in recorded}}
+    fresh_embedding = new_head and size == 0 and backbone.embedding_size > 0
+    compared = ("embedding_size",) if new_head else tuple(theirs)
+    differ = [key for key in compared if theirs[key] != ours[key] and not (key == "embedding_size" and fresh_embedding)]
+    if differ:
+        raise CheckpointError(f"{ckpt_path} holds a backbone with " + ", ".join(f"{k}={theirs[k]}" for k in differ)
+                              + "; this network has " + ", ".join(f"{k}={ours[k]}" for k in differ) + ": set "
+                              + " ".join(f"--{k} {theirs[k]}" for k in differ))
+    return load_strict(backbone, ckpt_path, what="backbone", keep=EMBEDDING if fresh_embedding else ())
 
 
 def checkpoint_padding(ckpt_path):

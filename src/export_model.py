@@ -49,10 +49,11 @@ def check_export_format(file_format, device_target):
     return fmt
 
 
-def build_feature_net(ckpt_file, l2_normalize=False, padding="auto"):
+def build_feature_net(ckpt_file, l2_normalize=False, padding="auto", head=None):
     """A FeatureNet in inference mode with the backbone loaded strictly from `ckpt_file`; `padding` (config key
-    backbone_padding) auto: the convention the checkpoint records."""
-    backbone = ResNet50(resolve_padding(padding, [ckpt_file]))
+    backbone_padding) auto: the convention the checkpoint records; `head`: the backbone's pooling /
+    embedding_size / embedding_normalize (src.resnet.head_options), which the checkpoint must have."""
+    backbone = ResNet50(resolve_padding(padding, [ckpt_file]), **(head or {}))
     load_backbone_checkpoint(backbone, ckpt_file)
     net = FeatureNet(backbone, l2_normalize)
     net.set_train(False)

@@ -15,7 +15,7 @@ import mindspore as ms
 from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import HeNormal, Normal, XavierUniform, initializer
 
-from src.resnet import FEATURE_DIM, l2_normalize
+from src.resnet import feature_dim, l2_normalize
 
 LOSS_NAMES = ("softmax", "arcmargin", "triplet", "quadruplet", "multisimilarity", "proxyanchor", "normsoftmax",
               "npairs", "eml")
@@ -355,7 +355,8 @@ def create_loss(loss_name, cfg):
     if loss_name == "softmax":
         return Softmaxloss(cfg.class_num, smooth_factor=cfg.label_smooth_factor)
     if loss_name == "arcmargin":
-        return ArcMarginloss(cfg.class_num, scale=cfg.arc_scale, margin=cfg.arc_margin)
+        return ArcMarginloss(cfg.class_num, feature_dim(cfg.embedding_size), scale=cfg.arc_scale,
+                             margin=cfg.arc_margin)
     if loss_name == "triplet":
         return Tripletloss(margin=cfg.margin, reduction=cfg.loss_reduction)
     if loss_name == "quadruplet":
@@ -364,9 +365,9 @@ def create_loss(loss_name, cfg):
         epsilon = cfg.miner_epsilon if cfg.miner_epsilon >= 0 else None
         return MultiSimilarityloss(cfg.alpha, cfg.beta, cfg.base, miner_epsilon=epsilon)
     if loss_name == "proxyanchor":
-        return ProxyAnchorloss(cfg.class_num, FEATURE_DIM, margin=cfg.margin, alpha=cfg.alpha)
+        return ProxyAnchorloss(cfg.class_num, feature_dim(cfg.embedding_size), margin=cfg.margin, alpha=cfg.alpha)
     if loss_name == "normsoftmax":
-        return NormSoftmaxloss(cfg.class_num, FEATURE_DIM, temperature=cfg.temperature)
+        return NormSoftmaxloss(cfg.class_num, feature_dim(cfg.embedding_size), temperature=cfg.temperature)
     if loss_name == "npairs":
         return NPairsloss(reg_lambda=cfg.reg_lambda)
     if loss_name == "eml":

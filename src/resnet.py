@@ -18,9 +18,15 @@ from mindspore.common.initializer import HeNormal
 FEATURE_DIM = 2048
 EXPANSION = 4
 PADDINGS = ("same", "symmetric")
+POOLINGS = ("avg", "max", "avg+max")  # global pooling of the last stage: average (the seed's), max, their sum
 BN_EPS = {"same": 1e-4, "symmetric": 1e-5}
 BN_MOMENTUM = 0.9
 CONVENTION_KEY = "backbone_padding"  # config key, and the checkpoint entry naming the convention of its weights
+
+
+def feature_dim(embedding_size=0):
+    """The backbone's output size: the embedding's, or the 2048 pooled channels without one."""
+    return int(embedding_size) or FEATURE_DIM
 
 
 def check_padding(padding):
@@ -87,17 +93,30 @@ class Bottleneck(nn.Cell):
 
 
 class ResNet50(nn.Cell):
-    """ResNet-50 v1.5 up to global average pooling: NCHW float32 images -> (N, 2048) features.
+    """ResNet-50 v1.5 up to global pooling, with an optional embedding head: NCHW float32 images -> (N, 2048)
+    features, or (N, embedding_size).
 
-    `padding`: "same" or "symmetric" (see the module docstring)."""
+    `padding`: "same" or "symmetric" (see the module docstring). The head: `pooling` "avg" (the seed's), "max"
+    or "avg+max" (their sum, as Proxy-Anchor's code); `embedding_size` > 0 adds `embedding`, a Dense(2048 ->
+    embedding_size) (parameters embedding.weight / embedding.bias); `embedding_normalize` L2-normalises the
+    output."""
 
     LAYERS = (3, 4, 6, 3)
     WIDTHS = (256, 512, 1024, 2048)
     STRIDES = (1, 2, 2, 2)
 
-    def __init__(self, padding="same"):
+    def __init__(self, padding="same", pooling="avg", embedding_size=0, embedding_normalize=False):
         super().__init__()
         self.padding = check_padding(padding)
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        if int(embedding_size) < 0:
+            raise ValueError(f"embedding_size must be 0 (no embedding layer) or positive, got {embedding_size}")
+        self.pooling = pooling
+        self.embedding_size = int(embedding_size)
+        self.embedding_normalize = bool(embedding_normalize)
+        self.out_dim = feature_dim(self.embedding_size)
+        self.embedding = nn.Dense(FEATURE_DIM, self.embedding_size) if self.embedding_size else None
         self.conv1 = _conv(3, 64, 7, stride=2, padding=padding)
         self.bn1 = _bn(64, padding=padding)
         self.relu = nn.ReLU()
@@ -116,7 +135,22 @@ class ResNet50(nn.Cell):
     def construct(self, x):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.flatten(ops.mean(x, (2, 3), keep_dims=True))
+        if self.pooling == "avg":
+            pooled = ops.mean(x, (2, 3), keep_dims=True)
+        elif self.pooling == "max":
+            pooled = ops.amax(x, (2, 3), keepdims=True)
+        else:
+            pooled = ops.mean(x, (2, 3), keep_dims=True) + ops.amax(x, (2, 3), keepdims=True)
+        features = self.flatten(pooled)
+        if self.embedding is not None:
+            features = self.embedding(features)
+        if self.embedding_normalize:
+            features = l2_normalize(features, axis=1)
+        return features
+
+    def head_record(self):
+        """The checkpoint entries naming this network's head (written by train.py, checked when loading)."""
+        return {"pooling": self.pooling, "embedding_normalize": "true" if self.embedding_normalize else "false"}
 
 
 class ResNet50WithHead(nn.Cell):
@@ -126,12 +160,12 @@ class ResNet50WithHead(nn.Cell):
     parameters are `fc.weight` / `fc.bias`. Metric-learning stages train `net.backbone` alone.
     """
 
-    def __init__(self, class_num, padding="same"):
+    def __init__(self, class_num, padding="same", **head):
         super().__init__(auto_prefix=False)
         if int(class_num) < 1:
             raise ValueError(f"class_num must be a positive integer, got {class_num!r}")
-        self.backbone = ResNet50(padding)
-        self.head = ClassifierHead(FEATURE_DIM, int(class_num))
+        self.backbone = ResNet50(padding, **head)
+        self.head = ClassifierHead(self.backbone.out_dim, int(class_num))
 
     def construct(self, x):
         return self.head(self.backbone(x))
@@ -146,6 +180,17 @@ class ClassifierHead(nn.Cell):
         return self.fc(x)
 
 
-def resnet50(class_num, padding="same"):
-    """ResNet-50 v1.5 with a `class_num`-way classification head; `.backbone` gives 2048-d features."""
-    return ResNet50WithHead(class_num, padding)
+def resnet50(class_num, padding="same", **head):
+    """ResNet-50 v1.5 with a `class_num`-way classification head; `.backbone` gives the features. `head`:
+    pooling / embedding_size / embedding_normalize of the backbone."""
+    return ResNet50WithHead(class_num, padding, **head)
+
+
+def backbone_from_config(cfg, padding):
+    """ResNet50 with the config's head keys (pooling, embedding_size, embedding_normalize) and `padding`."""
+    return ResNet50(padding, **head_options(cfg))
+
+
+def head_options(cfg):
+    return {"pooling": cfg.pooling, "embedding_size": cfg.embedding_size,
+            "embedding_normalize": cfg.embedding_normalize}

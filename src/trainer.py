@@ -24,7 +24,7 @@ from src.log import get_logger
 from src.loss import PROXY_LOSSES, create_loss
 from src.lr_generator import get_lr
 from src.metrics import check_positives
-from src.resnet import CONVENTION_KEY, ResNet50, resnet50
+from src.resnet import CONVENTION_KEY, backbone_from_config, head_options, resnet50
 from src.sink_mode import resolve_plan
 
 logger = get_logger(__name__)
@@ -54,9 +54,9 @@ def build_network(loss_name, cfg):
     weights live in its loss; triplet / quadruplet train the backbone alone (the seed's net.backbone).
     cfg.backbone_padding must be resolved (same or symmetric)."""
     if loss_name in CLASSIFICATION_STAGES:
-        net = resnet50(cfg.class_num, cfg.backbone_padding)
+        net = resnet50(cfg.class_num, cfg.backbone_padding, **head_options(cfg))
         return net, net.backbone
-    backbone = ResNet50(cfg.backbone_padding)
+    backbone = backbone_from_config(cfg, cfg.backbone_padding)
     return backbone, backbone
 
 
@@ -107,7 +107,6 @@ def train(request, cfg):
                               f"--output_dir, or continue that run with --resume")
     # The convention the weights being loaded were trained with; config.yaml records the resolved value.
     cfg[CONVENTION_KEY] = resolve_padding(cfg[CONVENTION_KEY], [request.ckpt_path, request.resume])
-    marker = {CONVENTION_KEY: cfg[CONVENTION_KEY]}  # written into every checkpoint of this run
     if is_writer:
         save_config(cfg, os.path.join(request.output_dir, "config.yaml"))
     ms.set_seed(cfg.seed)
@@ -132,8 +131,10 @@ def train(request, cfg):
                          f"run has {steps_per_epoch} steps per epoch: batch size, list or device count differ")
 
     network, backbone = build_network(request.loss_name, cfg)
+    # Written into every checkpoint of this run: the network's padding convention and head.
+    marker = {CONVENTION_KEY: cfg[CONVENTION_KEY], **backbone.head_record()}
     if request.ckpt_path:
-        load_backbone_checkpoint(backbone, request.ckpt_path)
+        load_backbone_checkpoint(backbone, request.ckpt_path, new_head=True)
         logger.info("backbone initialised from %s", request.ckpt_path)
     loss = create_loss(request.loss_name, cfg)
     lr = get_lr(cfg.lr_init, cfg.lr_end, cfg.lr_max, cfg.warmup_epochs, cfg.epoch_size, steps_per_epoch,
