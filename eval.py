@@ -1,4 +1,5 @@
-"""Evaluate a checkpoint: Recall@K and MAP@R on a list of images (leave-one-out retrieval)."""
+"""Evaluate a checkpoint: Recall@K and MAP@R on a list of images (leave-one-out retrieval), or of query images
+against a gallery (--query_list / --gallery_list, In-Shop's protocol)."""
 import src.runtime_env  # noqa: F401  (first: CPU dispatch and BLAS kernel, before numpy and mindspore load)
 
 # isort: split
@@ -9,14 +10,17 @@ import mindspore as ms
 from src.checkpoint import load_backbone_checkpoint, resolve_padding
 from src.cli import (
     add_common_arguments,
+    add_query_gallery_arguments,
     add_recall_ks_argument,
+    check_query_gallery,
+    config_ks,
     load_stage_config,
     make_parser,
     parse_with_overrides,
     run,
 )
 from src.context import init_context
-from src.features import evaluate_backbone, save_features
+from src.features import evaluate_backbone, evaluate_query_gallery, save_features
 from src.log import get_logger
 from src.metrics import format_metrics_table
 from src.resnet import CONVENTION_KEY, backbone_from_config
@@ -35,6 +39,7 @@ def parse_args(argv=None):
     source.add_argument("--random_init", action="store_true",
                         help="evaluate a randomly initialised backbone (config key seed): the untrained baseline")
     parser.add_argument("--eval_list", default="test_half.txt", help="evaluation list inside dataset_path")
+    add_query_gallery_arguments(parser)
     parser.add_argument("--loss_name", default="triplet",
                         help="stage whose config supplies image_size / eval settings (seed's optional argument)")
     parser.add_argument("--save_features", default=None, help="write features, labels and paths to this .npz")
@@ -48,6 +53,11 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     cfg = load_stage_config(args)
+    query_gallery = check_query_gallery(args)
+    if query_gallery and args.save_retrievals:
+        raise ValueError("--save_retrievals draws leave-one-out retrievals of --eval_list; it does not take "
+                         "--query_list / --gallery_list")
+    ks = args.recall_ks or config_ks(cfg.recall_ks)
     if not os.path.isdir(args.dataset_path):
         raise FileNotFoundError(f"--dataset_path {args.dataset_path} is not a folder")
     init_context(args.device_target, args.device_id)
@@ -55,10 +65,15 @@ def main(argv=None):
     backbone = backbone_from_config(cfg, resolve_padding(cfg[CONVENTION_KEY], [args.ckpt_path]))
     if args.ckpt_path:
         load_backbone_checkpoint(backbone, args.ckpt_path)
-    metrics, features, labels, paths = evaluate_backbone(backbone, args.dataset_path, args.eval_list, cfg,
-                                                         ks=args.recall_ks)
+    extra = {}
+    if query_gallery:
+        metrics, (features, labels, paths), gallery = evaluate_query_gallery(
+            backbone, args.dataset_path, args.query_list, args.gallery_list, cfg, ks=ks)
+        extra = dict(zip(("gallery_features", "gallery_labels", "gallery_paths"), gallery, strict=True))
+    else:
+        metrics, features, labels, paths = evaluate_backbone(backbone, args.dataset_path, args.eval_list, cfg, ks=ks)
     if args.save_features:
-        save_features(args.save_features, features, labels, paths)
+        save_features(args.save_features, features, labels, paths, **extra)
         logger.info("features saved to %s", args.save_features)
     if args.save_retrievals:
         save_image(args.save_retrievals, draw_retrievals(features, labels, paths, root=args.dataset_path))

@@ -4,7 +4,15 @@ import src.runtime_env  # noqa: F401  (first: CPU dispatch and BLAS kernel, befo
 # isort: split
 import os
 
-from src.cli import add_common_arguments, load_stage_config, make_parser, parse_with_overrides, run
+from src.cli import (
+    add_common_arguments,
+    add_query_gallery_arguments,
+    check_query_gallery,
+    load_stage_config,
+    make_parser,
+    parse_with_overrides,
+    run,
+)
 from src.context import init_context
 from src.log import get_logger
 from src.loss import LOSS_NAMES
@@ -26,6 +34,7 @@ def parse_args(argv=None):
     parser.add_argument("--run_distribute", action="store_true", help="data-parallel over all launched processes")
     parser.add_argument("--run_eval", action="store_true", help="Recall@1 on --eval_list every eval_interval epochs")
     parser.add_argument("--eval_list", default="test_half.txt", help="evaluation list inside dataset_path")
+    add_query_gallery_arguments(parser)
     parser.add_argument("--output_dir", default="./output", help="checkpoints, config.yaml")
     parser.add_argument("--seed", type=int, default=None, help="random seed (config key seed)")
     parser.add_argument("--save_rank_checkpoint", action="store_true",
@@ -39,13 +48,15 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     cfg = load_stage_config(args)
+    check_query_gallery(args)
     for path, what in ((args.dataset_path, "--dataset_path"),):
         if not os.path.isdir(path):
             raise FileNotFoundError(f"{what} {path} is not a folder")
     rank, group_size = init_context(args.device_target, args.device_id, args.run_distribute)
     request = TrainRequest(loss_name=args.loss_name, dataset_path=args.dataset_path, train_list=args.train_list,
                            output_dir=args.output_dir, ckpt_path=args.ckpt_path, resume=args.resume,
-                           run_eval=args.run_eval, eval_list=args.eval_list, rank=rank, group_size=group_size,
+                           run_eval=args.run_eval, eval_list=args.eval_list, query_list=args.query_list,
+                           gallery_list=args.gallery_list, rank=rank, group_size=group_size,
                            save_rank_checkpoint=args.save_rank_checkpoint)
     result = train(request, cfg)
     if rank == 0:

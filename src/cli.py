@@ -7,7 +7,6 @@ import traceback
 from src.config import DEVICES, load_config
 from src.devices import DeviceUnavailableError
 from src.log import get_logger, setup_logging
-from src.metrics import DEFAULT_KS
 
 logger = get_logger("metric_learn")
 
@@ -51,9 +50,33 @@ def parse_ks(text):
 
 
 def add_recall_ks_argument(parser):
-    """--recall_ks (eval.py, postprocess.py): the K of Recall@K."""
-    parser.add_argument("--recall_ks", type=parse_ks, default=",".join(map(str, DEFAULT_KS)), metavar="K,K,...",
-                        help="the K of Recall@K (K above the number of other images is clipped with a warning)")
+    """--recall_ks (eval.py, postprocess.py): the K of Recall@K; None: the dataset's (config key recall_ks)."""
+    parser.add_argument("--recall_ks", type=parse_ks, default=None, metavar="K,K,...",
+                        help="the K of Recall@K (default: the dataset's, config recall_ks; K above the number of "
+                             "other images is clipped with a warning)")
+
+
+def config_ks(text, what="recall_ks"):
+    """The K of a config's recall_ks string ("1,2,4,8"); ValueError naming the key if malformed."""
+    try:
+        return parse_ks(text)
+    except argparse.ArgumentTypeError as err:
+        raise ValueError(f"{what}: {err}") from None
+
+
+def add_query_gallery_arguments(parser):
+    """--query_list / --gallery_list: the query/gallery protocol (In-Shop) instead of leave-one-out."""
+    parser.add_argument("--query_list", default=None, help="query list inside dataset_path (with --gallery_list: "
+                        "each query ranks the whole gallery, no self-exclusion; In-Shop's protocol)")
+    parser.add_argument("--gallery_list", default=None, help="gallery list inside dataset_path (with --query_list)")
+
+
+def check_query_gallery(args):
+    """True for the query/gallery protocol; an error if only one of the two lists is given."""
+    if (args.query_list is None) != (args.gallery_list is None):
+        raise ValueError("--query_list and --gallery_list go together (the query/gallery protocol); give both, or "
+                         "neither for leave-one-out on --eval_list")
+    return args.query_list is not None
 
 
 def overrides_from_extra(parser, extra):
@@ -90,7 +113,9 @@ def load_stage_config(args):
 def make_parser(description):
     return argparse.ArgumentParser(description=description + " Any config key can be overridden with "
                                    "--<key> <value> (see src/configs/*.yaml).",
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                   # --dataset (a config key) must not be taken for an abbreviated --dataset_path
+                                   allow_abbrev=False)
 
 
 def run(main, argv=None):

@@ -1,7 +1,8 @@
 """Configuration: YAML files in src/configs/, per-device overrides, then `key=value` overrides.
 
 Resolution order: common.yaml -> <stage>.yaml (may add keys) -> device_overrides of both for the
-chosen device -> command-line overrides. Only the first two may introduce keys; anything later
+chosen device -> common.yaml's dataset_defaults for the `dataset` key (the keys the stage has) ->
+command-line overrides. Only the first two may introduce keys; anything later
 naming an unknown key, or giving a value of the wrong type, is an error.
 """
 import os
@@ -13,6 +14,13 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 COMMON_FILE = os.path.join(CONFIG_DIR, "common.yaml")
 DEVICES = ("Ascend", "GPU", "CPU")
 OVERRIDES_KEY = "device_overrides"
+DATASET_KEY = "dataset_defaults"
+DEFAULT_RECALL_KS = "1,10,100,1000"
+
+
+def dataset_defaults():
+    """{dataset: {key: value}} of common.yaml's dataset_defaults (the benchmarks' class_num and recall_ks)."""
+    return {name: dict(values or {}) for name, values in (_read_yaml(COMMON_FILE).get(DATASET_KEY) or {}).items()}
 
 
 class ConfigError(ValueError):
@@ -109,6 +117,8 @@ def load_config(loss_name=None, device_target="Ascend", config_path=None, overri
                             if f.endswith(".yaml") and f != "common.yaml")
             raise ConfigError(f"unknown loss_name {loss_name!r}; expected one of {', '.join(stages)}")
     common, stage = _read_yaml(COMMON_FILE), _read_yaml(config_path)
+    common = dict(common)
+    dataset_defaults = common.pop(DATASET_KEY, None) or {}
     cfg = Config()
     device_updates = []
     for path, data in ((COMMON_FILE, common), (config_path, stage)):
@@ -126,10 +136,16 @@ def load_config(loss_name=None, device_target="Ascend", config_path=None, overri
         raise ConfigError(f"{config_path}: no loss_name")
     if loss_name is not None and cfg.loss_name != loss_name:
         raise ConfigError(f"{config_path} is a config for loss_name={cfg.loss_name!r}, not {loss_name!r}")
-    if overrides:
-        updates = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
-        if "loss_name" in updates:
-            raise ConfigError("loss_name cannot be overridden; choose the stage with --loss_name")
+    updates = (overrides if isinstance(overrides, dict) else parse_overrides(overrides)) if overrides else {}
+    if "loss_name" in updates:
+        raise ConfigError("loss_name cannot be overridden; choose the stage with --loss_name")
+    if "dataset" in cfg:
+        dataset = str(updates.get("dataset", cfg["dataset"]))
+        if dataset not in dataset_defaults:
+            raise ConfigError(f"unknown dataset {dataset!r}; expected one of {', '.join(sorted(dataset_defaults))}")
+        own = {k: v for k, v in (dataset_defaults[dataset] or {}).items() if k in cfg}
+        _apply(cfg, own, f"{COMMON_FILE} ({DATASET_KEY}.{dataset})", allow_new=False)
+    if updates:
         _apply(cfg, updates, "override", allow_new=False)
     cfg["device_target"] = device_target
     cfg["config_file"] = os.path.abspath(config_path)

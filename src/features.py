@@ -6,7 +6,7 @@ import numpy as np
 
 from src.dataset import create_dataset, drop_bad_images, read_image_list
 from src.log import Progress, get_logger
-from src.metrics import check_positives, retrieval_metrics
+from src.metrics import check_positives, check_query_positives, query_gallery_metrics, retrieval_metrics
 
 logger = get_logger(__name__)
 
@@ -38,31 +38,57 @@ def extract_features(backbone, dataset, total, what="extracting features"):
     return np.concatenate(feats).astype(np.float32), np.concatenate(labels).astype(np.int32)
 
 
-def evaluate_backbone(backbone, dataset_path, eval_list, cfg, ks=(1, 10, 100, 1000)):
-    """Extract L2-normalised features for `eval_list` and compute the retrieval metrics.
+def read_eval_list(dataset_path, list_name, cfg):
+    """The ImageList of an evaluation list (unreadable images dropped with skip_bad)."""
+    images = read_image_list(os.path.join(dataset_path, list_name), dataset_path)
+    return drop_bad_images(images, cfg.num_parallel_workers) if cfg.skip_bad else images
 
-    Returns (metrics dict, features (N, 2048) normalised, labels, paths).
-    """
-    images = read_image_list(os.path.join(dataset_path, eval_list), dataset_path)
-    if cfg.skip_bad:
-        images = drop_bad_images(images, cfg.num_parallel_workers)
-    check_positives(images.labels, images.list_file, logger)  # before the expensive part
+
+def list_features(backbone, dataset_path, images, cfg):
+    """(L2-normalised features, class ids as written in the list file) of an ImageList, in list order."""
     dataset = create_dataset(dataset_path, images, cfg.eval_batch_size, cfg.image_size, "eval",
                              num_parallel_workers=cfg.num_parallel_workers, eval_resize=cfg.eval_resize)
     features, labels = extract_features(backbone, dataset, len(images))
-    features = l2_normalize_rows(features)
+    return l2_normalize_rows(features), images.class_ids[labels]
+
+
+def evaluate_backbone(backbone, dataset_path, eval_list, cfg, ks=(1, 10, 100, 1000)):
+    """Extract L2-normalised features for `eval_list` and compute the leave-one-out retrieval metrics.
+
+    Returns (metrics dict, features (N, D) normalised, labels (the list's class ids), paths).
+    """
+    images = read_eval_list(dataset_path, eval_list, cfg)
+    check_positives(images.labels, images.list_file, logger)  # before the expensive part
+    features, labels = list_features(backbone, dataset_path, images, cfg)
     metrics = retrieval_metrics(features, labels, ks=ks, logger=logger)
     return metrics, features, labels, images.paths
 
 
-def save_features(path, features, labels, paths):
-    """Write features, labels and image paths to an .npz file, atomically."""
+def evaluate_query_gallery(backbone, dataset_path, query_list, gallery_list, cfg, ks=(1, 10, 20, 30, 40)):
+    """Query/gallery retrieval (In-Shop's protocol): every query ranks the whole gallery, no self-exclusion.
+
+    Returns (metrics, (query features, labels, paths), (gallery features, labels, paths)); labels are the lists'
+    class ids, so the two lists share them.
+    """
+    queries, gallery = (read_eval_list(dataset_path, name, cfg) for name in (query_list, gallery_list))
+    check_query_positives(queries.class_ids[queries.labels], gallery.class_ids[gallery.labels],
+                          f"{queries.list_file} against {gallery.list_file}", logger)
+    query_features, query_labels = list_features(backbone, dataset_path, queries, cfg)
+    gallery_features, gallery_labels = list_features(backbone, dataset_path, gallery, cfg)
+    metrics = query_gallery_metrics(query_features, query_labels, gallery_features, gallery_labels, ks=ks,
+                                    logger=logger)
+    return (metrics, (query_features, query_labels, queries.paths),
+            (gallery_features, gallery_labels, gallery.paths))
+
+
+def save_features(path, features, labels, paths, **extra):
+    """Write features, labels and image paths (and `extra` arrays) to an .npz file, atomically."""
     directory = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".features-", suffix=".npz", dir=directory)
     os.close(fd)
     try:
-        np.savez(tmp, features=features, labels=labels, paths=np.asarray(paths))
+        np.savez(tmp, features=features, labels=labels, paths=np.asarray(paths), **extra)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

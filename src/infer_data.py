@@ -20,7 +20,7 @@ from src.atomic_file import write_atomic
 from src.dataset import drop_bad_images, eval_transform, load_image, read_image_list
 from src.features import l2_normalize_rows
 from src.log import Progress
-from src.metrics import DEFAULT_KS, format_metrics_table, retrieval_metrics
+from src.metrics import DEFAULT_KS, format_metrics_table, query_gallery_metrics, retrieval_metrics
 from src.resnet import FEATURE_DIM
 
 IMAGE_DIR = "img_data"
@@ -93,7 +93,9 @@ def preprocess_eval_list(dataset_path, eval_list, output_path, cfg, logger=None)
             image = load_image(images.full_path(index), images.where(index))
             chw = eval_transform(image, cfg.image_size, cfg.eval_resize)
             chw[None].astype(np.float32, copy=False).tofile(os.path.join(image_dir, sample_name(index)))
-            np.array([images.labels[index]], np.int32).tofile(os.path.join(label_dir, sample_name(index)))
+            # The class id as written in the list, so that a query list and a gallery list agree.
+            np.array([images.class_ids[images.labels[index]]], np.int32).tofile(
+                os.path.join(label_dir, sample_name(index)))
 
         progress = Progress(len(images), "preprocessing", logger) if logger else None
         # Decoding and cv2.resize release the GIL: threads run them in parallel.
@@ -172,9 +174,13 @@ def load_results(result_path, label_path, feature_dim=FEATURE_DIM):
     return features, labels, [os.path.basename(results_at[i]) for i in indices]
 
 
-def evaluate_results(features, labels, logger=None, ks=DEFAULT_KS):
+def evaluate_results(features, labels, logger=None, ks=DEFAULT_KS, gallery=None):
     """(metrics, report text): retrieval metrics (Recall@K for `ks`) of the L2-normalised features and the
-    acc.log text."""
-    metrics = retrieval_metrics(l2_normalize_rows(features), labels, ks=ks, logger=logger)
+    acc.log text; leave-one-out, or with `gallery` = (features, labels) the queries against that gallery."""
+    if gallery is None:
+        metrics = retrieval_metrics(l2_normalize_rows(features), labels, ks=ks, logger=logger)
+    else:
+        metrics = query_gallery_metrics(l2_normalize_rows(features), labels, l2_normalize_rows(gallery[0]),
+                                        gallery[1], ks=ks, logger=logger)
     report = f"{format_metrics_table(metrics)}\neval_recall: {metrics['recall@1']:.4f}\n"
     return metrics, report

@@ -128,6 +128,20 @@ def check_positives(labels, what, log=None):
     return alone
 
 
+def check_query_positives(query_labels, gallery_labels, what, log=None):
+    """Before a query/gallery evaluation: how many queries have no gallery item of their class. All of them ->
+    NoPositivesError naming `what`; some -> a warning with the count. Returns the count."""
+    query_labels = np.asarray(query_labels).reshape(-1)
+    alone = int(np.count_nonzero(~np.isin(query_labels, np.asarray(gallery_labels).reshape(-1))))
+    if len(query_labels) and alone == len(query_labels):
+        raise NoPositivesError(f"{what}: none of its {len(query_labels)} queries has a gallery image of its class: "
+                               f"Recall@K would be 0 and MAP@R undefined (are the lists of the same dataset?)")
+    if alone:
+        (log or logger).warning("%s: %d of %d queries have no gallery image of their class: they count as misses "
+                                "in Recall@K and are left out of MAP@R", what, alone, len(query_labels))
+    return alone
+
+
 def format_metrics_table(metrics):
     """Two aligned columns, one metric per line: `name  value` (fractions with 4 decimals)."""
     width = max((len(name) for name in metrics), default=0)

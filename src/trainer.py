@@ -17,13 +17,13 @@ from src.checkpoint import (
 )
 from src.config import save_config
 from src.dataset import create_dataset, read_image_list
-from src.features import evaluate_backbone
+from src.features import evaluate_backbone, evaluate_query_gallery
 from src.history import FILE_NAME as HISTORY_FILE
 from src.history import HistoryWriter
 from src.log import get_logger
 from src.loss import PROXY_LOSSES, create_loss
 from src.lr_generator import get_lr
-from src.metrics import check_positives
+from src.metrics import check_positives, check_query_positives
 from src.resnet import CONVENTION_KEY, backbone_from_config, head_options, resnet50
 from src.sink_mode import resolve_plan
 
@@ -44,6 +44,8 @@ class TrainRequest:
     resume: str = None
     run_eval: bool = False
     eval_list: str = None
+    query_list: str = None  # with gallery_list: the query/gallery protocol instead of eval_list
+    gallery_list: str = None
     rank: int = 0
     group_size: int = 1
     save_rank_checkpoint: bool = False
@@ -89,6 +91,19 @@ def _check_class_num(loss_name, cfg, images):
                          f"set class_num={images.num_classes}")
 
 
+def _check_eval_lists(request):
+    def read(name):
+        return read_image_list(os.path.join(request.dataset_path, name), request.dataset_path)
+
+    if request.query_list:
+        queries, gallery = read(request.query_list), read(request.gallery_list)
+        check_query_positives(queries.class_ids[queries.labels], gallery.class_ids[gallery.labels],
+                              f"{queries.list_file} against {gallery.list_file}", logger)
+    else:
+        images = read(request.eval_list)
+        check_positives(images.labels, images.list_file, logger)
+
+
 def existing_checkpoints(ckpt_dir, prefix):
     if not os.path.isdir(ckpt_dir):
         return []
@@ -113,9 +128,8 @@ def train(request, cfg):
 
     images = read_image_list(os.path.join(request.dataset_path, request.train_list), request.dataset_path)
     _check_class_num(request.loss_name, cfg, images)
-    if request.run_eval:  # a list that cannot be evaluated fails now, not after the first epoch
-        eval_images = read_image_list(os.path.join(request.dataset_path, request.eval_list), request.dataset_path)
-        check_positives(eval_images.labels, eval_images.list_file, logger)
+    if request.run_eval:  # lists that cannot be evaluated fail now, not after the first epoch
+        _check_eval_lists(request)
     start_epoch, start_step = resume_point(request.resume) if request.resume else (0, 0)
     if start_epoch >= cfg.epoch_size:
         raise ValueError(f"{request.resume} already completed {start_epoch} epochs of epoch_size={cfg.epoch_size}")
@@ -162,6 +176,9 @@ def train(request, cfg):
     evaluator = None
     if request.run_eval:
         def evaluate():
+            if request.query_list:
+                return evaluate_query_gallery(backbone, request.dataset_path, request.query_list,
+                                              request.gallery_list, cfg, ks=(1, 10))[0]
             return evaluate_backbone(backbone, request.dataset_path, request.eval_list, cfg, ks=(1, 10))[0]
 
         evaluator = EvalCallback(evaluate, cfg.eval_interval, ckpt_dir, prefix, cfg.epoch_size, enabled=is_writer,

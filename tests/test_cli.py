@@ -3,7 +3,8 @@ import argparse
 
 import pytest
 
-from src.cli import add_recall_ks_argument, parse_ks
+from src.cli import add_recall_ks_argument, config_ks, parse_ks
+from src.config import load_config
 from src.metrics import DEFAULT_KS
 
 
@@ -21,7 +22,11 @@ def test_parse_ks_rejects(text):
 def test_recall_ks_argument_default_and_error(capsys):
     parser = argparse.ArgumentParser(prog="postprocess.py")
     add_recall_ks_argument(parser)
-    assert parser.parse_args([]).recall_ks == tuple(DEFAULT_KS)
+    assert parser.parse_args([]).recall_ks is None  # the dataset's (config recall_ks)
+    assert parser.parse_args(["--recall_ks", "1,2,4,8"]).recall_ks == (1, 2, 4, 8)
+    assert config_ks(load_config("triplet", "CPU").recall_ks) == tuple(DEFAULT_KS)
+    with pytest.raises(ValueError, match="recall_ks: expected positive integers"):
+        config_ks("1,,2")
     with pytest.raises(SystemExit):
         parser.parse_args(["--recall_ks", "1,x"])
     assert "argument --recall_ks: expected positive integers" in capsys.readouterr().err

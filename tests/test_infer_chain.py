@@ -98,7 +98,8 @@ def test_preprocess_writes_eval_transform_in_list_order(chain):
         stored = np.fromfile(out / "img_data" / f"sop_{i}.bin", np.float32)
         expected = eval_transform(load_image(images.full_path(i)), SIZE, "crop")
         np.testing.assert_array_equal(stored.reshape(1, 3, SIZE, SIZE), expected[None])
-        np.testing.assert_array_equal(np.fromfile(out / "label" / f"sop_{i}.bin", np.int32), [images.labels[i]])
+        np.testing.assert_array_equal(np.fromfile(out / "label" / f"sop_{i}.bin", np.int32),
+                                      [images.class_ids[images.labels[i]]])
 
 
 def test_postprocess_names_a_missing_result_file(chain, tmp_path):
