@@ -6,7 +6,4 @@ if [ $# -lt 1 ]; then
   echo "usage: bash $0 DATASET_PATH [--check]" >&2
   exit 2
 fi
-REPO="$(cd "$(dirname "$0")/.." && pwd)"
-PYTHON="$REPO/.venv/bin/python"
-[ -x "$PYTHON" ] || PYTHON=python3
-PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" exec "$PYTHON" -m src.sop_lists "$@"
+exec bash "$(dirname "$0")/prepare_lists.sh" sop "$@"
