@@ -61,6 +61,11 @@ class ImageList:
     def num_classes(self):
         return len(self.class_ids)
 
+    @property
+    def ids(self):
+        """Each entry's class id as written in the file (labels are positions in class_ids)."""
+        return self.class_ids[self.labels]
+
     def full_path(self, index):
         return os.path.join(self.root, self.paths[index])
 

@@ -44,35 +44,53 @@ def read_eval_list(dataset_path, list_name, cfg):
     return drop_bad_images(images, cfg.num_parallel_workers) if cfg.skip_bad else images
 
 
+def read_checked_list(dataset_path, eval_list, cfg):
+    """The ImageList of a leave-one-out evaluation, checked to have queries with positives (before any feature
+    is extracted; NoPositivesError otherwise)."""
+    images = read_eval_list(dataset_path, eval_list, cfg)
+    check_positives(images.labels, images.list_file, logger)
+    return images
+
+
+def read_checked_query_gallery(dataset_path, query_list, gallery_list, cfg):
+    """(queries, gallery) ImageLists of a query/gallery evaluation, checked to have queries with positives."""
+    queries, gallery = (read_eval_list(dataset_path, name, cfg) for name in (query_list, gallery_list))
+    check_query_positives(queries.ids, gallery.ids, f"{queries.list_file} against {gallery.list_file}", logger)
+    return queries, gallery
+
+
 def list_features(backbone, dataset_path, images, cfg):
     """(L2-normalised features, class ids as written in the list file) of an ImageList, in list order."""
     dataset = create_dataset(dataset_path, images, cfg.eval_batch_size, cfg.image_size, "eval",
                              num_parallel_workers=cfg.num_parallel_workers, eval_resize=cfg.eval_resize)
     features, labels = extract_features(backbone, dataset, len(images))
-    return l2_normalize_rows(features), images.class_ids[labels]
+    return l2_normalize_rows(features), images.class_ids[labels]  # the dataset yields labels in list order
 
 
-def evaluate_backbone(backbone, dataset_path, eval_list, cfg, ks=(1, 10, 100, 1000)):
+def evaluate_backbone(backbone, dataset_path, eval_list, cfg, ks=(1, 10, 100, 1000), images=None):
     """Extract L2-normalised features for `eval_list` and compute the leave-one-out retrieval metrics.
 
+    `images`: the list as read_checked_list returned it (an in-training evaluation reads it once).
     Returns (metrics dict, features (N, D) normalised, labels (the list's class ids), paths).
     """
-    images = read_eval_list(dataset_path, eval_list, cfg)
-    check_positives(images.labels, images.list_file, logger)  # before the expensive part
+    if images is None:
+        images = read_checked_list(dataset_path, eval_list, cfg)
     features, labels = list_features(backbone, dataset_path, images, cfg)
     metrics = retrieval_metrics(features, labels, ks=ks, logger=logger)
     return metrics, features, labels, images.paths
 
 
-def evaluate_query_gallery(backbone, dataset_path, query_list, gallery_list, cfg, ks=(1, 10, 20, 30, 40)):
+def evaluate_query_gallery(backbone, dataset_path, query_list, gallery_list, cfg, ks=(1, 10, 20, 30, 40),
+                           lists=None):
     """Query/gallery retrieval (In-Shop's protocol): every query ranks the whole gallery, no self-exclusion.
 
+    `lists`: (queries, gallery) as read_checked_query_gallery returned them.
     Returns (metrics, (query features, labels, paths), (gallery features, labels, paths)); labels are the lists'
     class ids, so the two lists share them.
     """
-    queries, gallery = (read_eval_list(dataset_path, name, cfg) for name in (query_list, gallery_list))
-    check_query_positives(queries.class_ids[queries.labels], gallery.class_ids[gallery.labels],
-                          f"{queries.list_file} against {gallery.list_file}", logger)
+    if lists is None:
+        lists = read_checked_query_gallery(dataset_path, query_list, gallery_list, cfg)
+    queries, gallery = lists
     query_features, query_labels = list_features(backbone, dataset_path, queries, cfg)
     gallery_features, gallery_labels = list_features(backbone, dataset_path, gallery, cfg)
     metrics = query_gallery_metrics(query_features, query_labels, gallery_features, gallery_labels, ks=ks,

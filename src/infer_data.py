@@ -94,7 +94,7 @@ def preprocess_eval_list(dataset_path, eval_list, output_path, cfg, logger=None)
             chw = eval_transform(image, cfg.image_size, cfg.eval_resize)
             chw[None].astype(np.float32, copy=False).tofile(os.path.join(image_dir, sample_name(index)))
             # The class id as written in the list, so that a query list and a gallery list agree.
-            np.array([images.class_ids[images.labels[index]]], np.int32).tofile(
+            np.array([images.ids[index]], np.int32).tofile(
                 os.path.join(label_dir, sample_name(index)))
 
         progress = Progress(len(images), "preprocessing", logger) if logger else None

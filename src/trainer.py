@@ -17,13 +17,17 @@ from src.checkpoint import (
 )
 from src.config import save_config
 from src.dataset import create_dataset, read_image_list
-from src.features import evaluate_backbone, evaluate_query_gallery
+from src.features import (
+    evaluate_backbone,
+    evaluate_query_gallery,
+    read_checked_list,
+    read_checked_query_gallery,
+)
 from src.history import FILE_NAME as HISTORY_FILE
 from src.history import HistoryWriter
 from src.log import get_logger
 from src.loss import PROXY_LOSSES, create_loss
 from src.lr_generator import get_lr
-from src.metrics import check_positives, check_query_positives
 from src.resnet import CONVENTION_KEY, backbone_from_config, head_options, resnet50
 from src.sink_mode import resolve_plan
 
@@ -91,19 +95,6 @@ def _check_class_num(loss_name, cfg, images):
                          f"set class_num={images.num_classes}")
 
 
-def _check_eval_lists(request):
-    def read(name):
-        return read_image_list(os.path.join(request.dataset_path, name), request.dataset_path)
-
-    if request.query_list:
-        queries, gallery = read(request.query_list), read(request.gallery_list)
-        check_query_positives(queries.class_ids[queries.labels], gallery.class_ids[gallery.labels],
-                              f"{queries.list_file} against {gallery.list_file}", logger)
-    else:
-        images = read(request.eval_list)
-        check_positives(images.labels, images.list_file, logger)
-
-
 def existing_checkpoints(ckpt_dir, prefix):
     if not os.path.isdir(ckpt_dir):
         return []
@@ -128,8 +119,10 @@ def train(request, cfg):
 
     images = read_image_list(os.path.join(request.dataset_path, request.train_list), request.dataset_path)
     _check_class_num(request.loss_name, cfg, images)
-    if request.run_eval:  # lists that cannot be evaluated fail now, not after the first epoch
-        _check_eval_lists(request)
+    eval_lists = None
+    if request.run_eval:  # read and checked once: lists that cannot be evaluated fail now, not after an epoch
+        eval_lists = (read_checked_query_gallery(request.dataset_path, request.query_list, request.gallery_list, cfg)
+                      if request.query_list else read_checked_list(request.dataset_path, request.eval_list, cfg))
     start_epoch, start_step = resume_point(request.resume) if request.resume else (0, 0)
     if start_epoch >= cfg.epoch_size:
         raise ValueError(f"{request.resume} already completed {start_epoch} epochs of epoch_size={cfg.epoch_size}")
@@ -155,7 +148,7 @@ def train(request, cfg):
                 cfg.lr_decay_mode)
     if len(lr) < cfg.epoch_size * steps_per_epoch:
         raise ValueError(f"learning-rate array has {len(lr)} entries, needs {cfg.epoch_size * steps_per_epoch}")
-    optimizer = nn.Momentum(parameter_groups(network, loss, lr, cfg.get("proxy_lr_multiplier", 1.0)),
+    optimizer = nn.Momentum(parameter_groups(network, loss, lr, cfg.proxy_lr_multiplier),
                             learning_rate=ms.Tensor(lr), momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                             loss_scale=float(cfg.loss_scale))
     model = Model(network, loss_fn=loss, optimizer=optimizer, amp_level=cfg.amp_level,
@@ -178,8 +171,9 @@ def train(request, cfg):
         def evaluate():
             if request.query_list:
                 return evaluate_query_gallery(backbone, request.dataset_path, request.query_list,
-                                              request.gallery_list, cfg, ks=(1, 10))[0]
-            return evaluate_backbone(backbone, request.dataset_path, request.eval_list, cfg, ks=(1, 10))[0]
+                                              request.gallery_list, cfg, ks=(1, 10), lists=eval_lists)[0]
+            return evaluate_backbone(backbone, request.dataset_path, request.eval_list, cfg, ks=(1, 10),
+                                     images=eval_lists)[0]
 
         evaluator = EvalCallback(evaluate, cfg.eval_interval, ckpt_dir, prefix, cfg.epoch_size, enabled=is_writer,
                                  plan=plan, marker=marker)
