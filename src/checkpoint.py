@@ -37,8 +37,14 @@ def load_strict(net, ckpt_path, what="network", keep=()):
     Raises CheckpointError naming the file and every missing or mis-shaped parameter.
     Returns the sorted list of parameter names loaded.
     """
+    names = {p.name for p in net.get_parameters()} - set(keep)
+    return _load_into(net, ckpt_path, _read_checkpoint(ckpt_path, names), what, keep)
+
+
+def _load_into(net, ckpt_path, values, what, keep=()):
+    """load_strict's checks and loading, on entries already read from `ckpt_path` (others in `values` ignored)."""
     params = {p.name: p for p in net.get_parameters() if p.name not in keep}
-    loaded = _read_checkpoint(ckpt_path, set(params))
+    loaded = {name: value for name, value in values.items() if name in params}
     missing = sorted(set(params) - set(loaded))
     mismatched = [f"{name}: checkpoint {tuple(loaded[name].shape)} vs {what} {tuple(params[name].shape)}"
                   for name in sorted(loaded) if tuple(loaded[name].shape) != tuple(params[name].shape)]
@@ -66,7 +72,8 @@ def load_backbone_checkpoint(backbone, ckpt_path, new_head=False):
     keys to set. `new_head` (training from other weights): the file may lack the backbone's embedding layer,
     which then keeps its initialisation, and its pooling may differ.
     """
-    recorded = _read_checkpoint(ckpt_path, {EMBEDDING[0], *HEAD_RECORD})
+    # One read of the file: the backbone's parameters and the head's record.
+    recorded = _read_checkpoint(ckpt_path, {p.name for p in backbone.get_parameters()} | {*EMBEDDING, *HEAD_RECORD})
     size = int(recorded[EMBEDDING[0]].shape[0]) if EMBEDDING[0] in recorded else 0
     ours = {"embedding_size": str(backbone.embedding_size), **backbone.head_record()}
     theirs = {"embedding_size": str(size), **{key: str(recorded[key]) for key in HEAD_RECORD if key in recorded}}
@@ -77,7 +84,7 @@ def load_backbone_checkpoint(backbone, ckpt_path, new_head=False):
         raise CheckpointError(f"{ckpt_path} holds a backbone with " + ", ".join(f"{k}={theirs[k]}" for k in differ)
                               + "; this network has " + ", ".join(f"{k}={ours[k]}" for k in differ) + ": set "
                               + " ".join(f"--{k} {theirs[k]}" for k in differ))
-    return load_strict(backbone, ckpt_path, what="backbone", keep=EMBEDDING if fresh_embedding else ())
+    return _load_into(backbone, ckpt_path, recorded, "backbone", keep=EMBEDDING if fresh_embedding else ())
 
 
 def checkpoint_padding(ckpt_path):
