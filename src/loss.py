@@ -157,23 +157,17 @@ class Quadrupletloss(nn.Cell):
         self.check_labels = check_labels
 
     def construct(self, embeddings, label):
-        x = l2_normalize(embeddings, axis=1)
-        sq = (x * x).sum(axis=1)
-        dist = ops.relu(sq.view(-1, 1) + sq.view(1, -1) - 2.0 * ops.matmul(x, x.T))
-        same = label.view(-1, 1) == label.view(1, -1)
-        not_self = ops.logical_not(ops.eye(x.shape[0], x.shape[0], ms.bool_))
-        pos_mask = ops.logical_and(same, not_self)
-        neg_mask = ops.logical_not(same)
+        dist = ops.relu(_squared_distances(l2_normalize(embeddings, axis=1)))
+        pos, neg = _pair_masks(label)
         if self.check_labels:
-            if not pos_mask.any():
+            if not pos.sum() > 0:
                 raise ValueError("Quadrupletloss: the batch has no positive pair; it needs at least two "
                                  "images of one label (P x K batches with K >= 2)")
-            if not neg_mask.any():
+            if not neg.sum() > 0:
                 raise ValueError("Quadrupletloss: the batch has no negative pair; it needs at least two "
                                  "different labels")
         # Distances are in [0, 4], so -10 / +10 stand in for "excluded" (arithmetic masking: the
         # graph-mode gradient of a masked fill is broken in MindSpore 2.10).
-        pos, neg = pos_mask.astype(dist.dtype), neg_mask.astype(dist.dtype)
         hardest_pos = (dist * pos - 10.0 * (1.0 - pos)).max()
         hardest_neg = (dist * neg + 10.0 * (1.0 - neg)).min()
         return ops.relu(hardest_pos - hardest_neg + self.margin)
@@ -191,6 +185,12 @@ def _log1p_sum_exp(z, mask, axis):
 def _cosine(x, y):
     """Cosine similarities of the rows of x with the rows of y."""
     return ops.matmul(l2_normalize(x, axis=1), l2_normalize(y, axis=1).T)
+
+
+def _squared_distances(x):
+    """|x_i - x_j|^2 of every pair of rows, as |x_i|^2 + |x_j|^2 - 2 x_i . x_j (may dip below 0 by rounding)."""
+    sq = (x * x).sum(axis=1)
+    return sq.view(-1, 1) + sq.view(1, -1) - 2.0 * ops.matmul(x, x.T)
 
 
 def _pair_masks(label):
@@ -336,8 +336,7 @@ class EMLloss(nn.Cell):
             if not (pos.sum(axis=1) > 0).all() or not (neg.sum(axis=1) > 0).all():
                 raise ValueError("EMLloss: every image needs another of its label and one of another label in the "
                                  "batch (P x K batches with K >= 2)")
-        sq = (embeddings * embeddings).sum(axis=1)
-        dist = sq.view(-1, 1) + sq.view(1, -1) - 2.0 * ops.matmul(embeddings, embeddings.T)
+        dist = _squared_distances(embeddings)
         pos_max = (dist * pos - 1e30 * (1.0 - pos)).max(axis=1, keepdims=True)
         neg_min = (dist * neg + 1e30 * (1.0 - neg)).min(axis=1, keepdims=True)
         pos_mean = (ops.exp((dist - pos_max) * pos) * pos).sum(axis=1) / pos.sum(axis=1)

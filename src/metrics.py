@@ -117,15 +117,13 @@ def check_positives(labels, what, log=None):
     labels = np.asarray(labels).reshape(-1)
     _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     alone = int(np.count_nonzero(counts[inverse.reshape(-1)] == 1))
-    if len(labels) and alone == len(labels):
-        raise NoPositivesError(f"{what}: each of its {len(labels)} images is the only one of its class, so no "
-                               f"query has a positive: Recall@K would be 0 and MAP@R undefined; evaluate on a "
-                               f"list with at least 2 images of each class (SOP's test.txt / test_half.txt)")
-    if alone:
-        (log or logger).warning("%s: %d of %d images are the only one of their class: as queries they have no "
-                                "positive, count as misses in Recall@K and are left out of MAP@R", what, alone,
-                                len(labels))
-    return alone
+    return _report_without_positives(
+        alone, len(labels), log,
+        f"{what}: each of its {len(labels)} images is the only one of its class, so no query has a positive: "
+        f"Recall@K would be 0 and MAP@R undefined; evaluate on a list with at least 2 images of each class (SOP's "
+        f"test.txt / test_half.txt)",
+        f"{what}: {alone} of {len(labels)} images are the only one of their class: as queries they have no "
+        f"positive, count as misses in Recall@K and are left out of MAP@R")
 
 
 def check_query_positives(query_labels, gallery_labels, what, log=None):
@@ -133,12 +131,20 @@ def check_query_positives(query_labels, gallery_labels, what, log=None):
     NoPositivesError naming `what`; some -> a warning with the count. Returns the count."""
     query_labels = np.asarray(query_labels).reshape(-1)
     alone = int(np.count_nonzero(~np.isin(query_labels, np.asarray(gallery_labels).reshape(-1))))
-    if len(query_labels) and alone == len(query_labels):
-        raise NoPositivesError(f"{what}: none of its {len(query_labels)} queries has a gallery image of its class: "
-                               f"Recall@K would be 0 and MAP@R undefined (are the lists of the same dataset?)")
+    return _report_without_positives(
+        alone, len(query_labels), log,
+        f"{what}: none of its {len(query_labels)} queries has a gallery image of its class: Recall@K would be 0 "
+        f"and MAP@R undefined (are the lists of the same dataset?)",
+        f"{what}: {alone} of {len(query_labels)} queries have no gallery image of their class: they count as "
+        f"misses in Recall@K and are left out of MAP@R")
+
+
+def _report_without_positives(alone, total, log, error, warning):
+    """`alone` of `total` queries have no positive: all -> NoPositivesError(error), some -> warning. Returns it."""
+    if total and alone == total:
+        raise NoPositivesError(error)
     if alone:
-        (log or logger).warning("%s: %d of %d queries have no gallery image of their class: they count as misses "
-                                "in Recall@K and are left out of MAP@R", what, alone, len(query_labels))
+        (log or logger).warning("%s", warning)
     return alone
 
 
