@@ -1,14 +1,18 @@
 """Evaluate a checkpoint: Recall@K and MAP@R on a list of images (leave-one-out retrieval), or of query images
 against a gallery (--query_list / --gallery_list, In-Shop's protocol)."""
-import src.runtime_env  # noqa: F401  (first: CPU dispatch and BLAS kernel, before numpy and mindspore load)
+import src.runtime.env  # noqa: F401  (first: CPU dispatch and BLAS kernel, before numpy and mindspore load)
 
 # isort: split
 import os
 
 import mindspore as ms
 
-from src.checkpoint import load_backbone_checkpoint, resolve_padding
-from src.cli import (
+from src.evaluation.features import evaluate_backbone, evaluate_query_gallery, save_features
+from src.evaluation.metrics import format_metrics_table
+from src.evaluation.visualize import draw_retrievals, save_image
+from src.models.checkpoint import load_backbone_checkpoint, resolve_padding
+from src.models.resnet import CONVENTION_KEY, backbone_from_config
+from src.runtime.cli import (
     add_common_arguments,
     add_query_gallery_arguments,
     add_recall_ks_argument,
@@ -19,14 +23,10 @@ from src.cli import (
     parse_with_overrides,
     run,
 )
-from src.context import init_context
-from src.features import evaluate_backbone, evaluate_query_gallery, save_features
-from src.log import get_logger
-from src.metrics import format_metrics_table
-from src.resnet import CONVENTION_KEY, backbone_from_config
-from src.visualize import draw_retrievals, save_image
+from src.runtime.context import init_context
+from src.runtime.log import get_logger
 
-logger = get_logger("eval")
+logger = get_logger()
 
 
 def parse_args(argv=None):

@@ -1,14 +1,14 @@
 """Export the backbone (2048-d feature, inference mode) to MINDIR, ONNX or AIR."""
-import src.runtime_env  # noqa: F401  (first: CPU dispatch and BLAS kernel, before numpy and mindspore load)
+import src.runtime.env  # noqa: F401  (first: CPU dispatch and BLAS kernel, before numpy and mindspore load)
 
 # isort: split
-from src.cli import add_common_arguments, load_stage_config, make_parser, parse_with_overrides, run
-from src.context import init_context
-from src.export_model import EXPORT_FORMATS, build_feature_net, check_export_format, export_network
-from src.log import get_logger
-from src.resnet import head_options
+from src.deploy.export import EXPORT_FORMATS, build_feature_net, check_export_format, export_network
+from src.models.resnet import head_options
+from src.runtime.cli import add_common_arguments, load_stage_config, make_parser, parse_with_overrides, run
+from src.runtime.context import init_context
+from src.runtime.log import get_logger
 
-logger = get_logger("export")
+logger = get_logger()
 
 
 def parse_args(argv=None):

@@ -1,23 +1,23 @@
 """Retrieval metrics of offline-inference results: result_Files/sop_<i>_0.bin paired with label/sop_<i>.bin."""
-import src.runtime_env  # noqa: F401  (first: CPU dispatch and BLAS kernel, before numpy and mindspore load)
+import src.runtime.env  # noqa: F401  (first: CPU dispatch and BLAS kernel, before numpy and mindspore load)
 
 # isort: split
 import argparse
 import os
 
-from src.atomic_file import write_atomic
-from src.cli import add_recall_ks_argument, config_ks, run
-from src.config import DEFAULT_RECALL_KS, dataset_defaults
-from src.infer_data import evaluate_results, load_results
-from src.log import get_logger
-from src.metrics import check_positives, check_query_positives
-from src.resnet import FEATURE_DIM
+from src.deploy.infer_data import evaluate_results, load_results
+from src.evaluation.metrics import check_positives, check_query_positives
+from src.models.resnet import FEATURE_DIM
+from src.runtime.atomic_file import write_atomic
+from src.runtime.cli import add_recall_ks_argument, config_ks, run
+from src.runtime.config import DEFAULT_RECALL_KS, dataset_defaults
+from src.runtime.log import get_logger
 
-logger = get_logger("postprocess")
+logger = get_logger()
 
 
 def parse_args(argv=None):
-    # No config here, so not src.cli.make_parser (whose help offers config overrides).
+    # No config here, so not src.runtime.cli.make_parser (whose help offers config overrides).
     parser = argparse.ArgumentParser(description="Compute Recall@K / MAP@R from the runner's result files.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--result_path", default="./result_Files", help="the runner's sop_<i>_0.bin files")

@@ -1,14 +1,14 @@
 """Write an evaluation list as the offline runners' input: img_data/sop_<i>.bin and label/sop_<i>.bin."""
-import src.runtime_env  # noqa: F401  (first: CPU dispatch and BLAS kernel, before numpy and mindspore load)
+import src.runtime.env  # noqa: F401  (first: CPU dispatch and BLAS kernel, before numpy and mindspore load)
 
 # isort: split
 import os
 
-from src.cli import add_common_arguments, load_stage_config, make_parser, parse_with_overrides, run
-from src.infer_data import IMAGE_DIR, LABEL_DIR, preprocess_eval_list
-from src.log import get_logger
+from src.deploy.infer_data import IMAGE_DIR, LABEL_DIR, preprocess_eval_list
+from src.runtime.cli import add_common_arguments, load_stage_config, make_parser, parse_with_overrides, run
+from src.runtime.log import get_logger
 
-logger = get_logger("preprocess")
+logger = get_logger()
 
 
 def parse_args(argv=None):

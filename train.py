@@ -1,10 +1,11 @@
 """Train one stage of the recipe: softmax / arcmargin pre-training, triplet / quadruplet fine-tuning."""
-import src.runtime_env  # noqa: F401  (first: CPU dispatch and BLAS kernel, before numpy and mindspore load)
+import src.runtime.env  # noqa: F401  (first: CPU dispatch and BLAS kernel, before numpy and mindspore load)
 
 # isort: split
 import os
 
-from src.cli import (
+from src.losses.factory import LOSS_NAMES
+from src.runtime.cli import (
     add_common_arguments,
     add_query_gallery_arguments,
     check_query_gallery,
@@ -13,12 +14,11 @@ from src.cli import (
     parse_with_overrides,
     run,
 )
-from src.context import init_context
-from src.log import get_logger
-from src.loss import LOSS_NAMES
-from src.trainer import TrainRequest, train
+from src.runtime.context import init_context
+from src.runtime.log import get_logger
+from src.training.trainer import TrainRequest, train
 
-logger = get_logger("train")
+logger = get_logger()
 
 
 def parse_args(argv=None):

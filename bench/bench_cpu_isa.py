@@ -5,7 +5,7 @@ Usage:
                                 [--verbose-size 32] [--markdown bench/cpu_isa_results.md]
 
 For each setting of ONEDNN_MAX_CPU_ISA (`ALL` = oneDNN's default, what MindSpore runs
-when nothing is set; `ours` = what src/runtime_env.py chooses on this CPU) and each run, a subprocess times the bare
+when nothing is set; `ours` = what src/runtime/env.py chooses on this CPU) and each run, a subprocess times the bare
 ResNet-50 step on one fixed random batch (no data pipeline): a training step is the triplet stage's
 TrainOneStepCell (ResNet50 + Tripletloss + Momentum with the triplet config's lr, momentum and weight
 decay), an extraction step is the backbone's forward in inference mode. The first call compiles and is
@@ -24,7 +24,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-from src import runtime_env  # (first: CPU dispatch and BLAS kernel, before numpy loads)
+from src.runtime import env as runtime_env  # (first: CPU dispatch and BLAS kernel, before numpy loads)
 
 # isort: split
 import argparse
@@ -46,9 +46,9 @@ def worker(kind, size, batch, steps, features_path):
     import mindspore as ms
     from mindspore import nn
 
-    from src.config import load_config
-    from src.loss import Tripletloss
-    from src.resnet import ResNet50
+    from src.losses.triplet import Tripletloss
+    from src.models.resnet import ResNet50
+    from src.runtime.config import load_config
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
@@ -78,7 +78,7 @@ def worker(kind, size, batch, steps, features_path):
 
 
 def setting_env(setting):
-    """Environment for a measured process: `ours` lets src.runtime_env choose, anything else is
+    """Environment for a measured process: `ours` lets src.runtime.env choose, anything else is
     ONEDNN_MAX_CPU_ISA=<setting> as a user would export it (ALL is oneDNN's default: no cap)."""
     env = {k: v for k, v in os.environ.items() if k not in (*runtime_env.ONEDNN_VARS, runtime_env.MARKER)}
     env.update(PYTHONPATH=ROOT, GLOG_v="3", PYTHONUNBUFFERED="1")

@@ -10,7 +10,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-import src.runtime_env  # noqa: E402,F401  (first: CPU dispatch and BLAS kernel, before numpy loads)
+import src.runtime.env  # noqa: E402,F401  (first: CPU dispatch and BLAS kernel, before numpy loads)
 
 # isort: split
 import argparse
@@ -24,10 +24,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import synthetic_images  # noqa: E402
 
-from src.dataset import IMAGENET_MEAN, IMAGENET_STD, create_dataset, random_resized_crop_box  # noqa: E402
-from src.log import get_logger, setup_logging  # noqa: E402
+from src.data.dataset import create_dataset
+from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD, random_resized_crop_box  # noqa: E402
+from src.runtime.log import get_logger, setup_logging  # noqa: E402
 
-logger = get_logger("bench_data")
+logger = get_logger()
 
 
 def make_jpegs(folder, count, side, num_classes=20):

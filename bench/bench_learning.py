@@ -5,13 +5,13 @@ Usage:
   python bench/bench_learning.py [--output-dir DIR] [--markdown learning.md] [--plot learning.png]
   python bench/bench_learning.py --quick        # tiny sizes, 1 epoch per stage: does it all run?
 
-The data is built from the photos inside the scikit-image wheel (src/demo_photos.py, the demo's views
+The data is built from the photos inside the scikit-image wheel (src/data/demo_photos.py, the demo's views
 but more of them): 5 x 5 regions of each of the 19 photos are products, 5 per photo test products
 (95, none seen in training), the other 380 training products; 10 views each at 32 px, turned by any
 angle, half of them mirrored. Every stage is a real train.py run (--run_eval after every epoch, its
 history.csv read back); every evaluation is Recall@1 and MAP@R over the test products:
 
-  baselines: raw-pixel nearest neighbours (src/baselines.py, best of 8/16/32 px, RGB and gray), the
+  baselines: raw-pixel nearest neighbours (src/evaluation/baselines.py, best of 8/16/32 px, RGB and gray), the
              untrained backbone, BatchNorm statistics alone (the softmax batches at lr 0 for 1 epoch);
   softmax:   pre-training from scratch; after every epoch also the classification accuracy and the
              retrieval Recall@1 on a sample of the *training* products shaped like the test set (as
@@ -29,7 +29,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-from src import runtime_env  # noqa: E402  (first: CPU dispatch and BLAS kernel, before numpy loads)
+from src.runtime import env as runtime_env  # noqa: E402  (first: CPU dispatch and BLAS kernel, before numpy loads)
 
 # isort: split
 import argparse
@@ -77,7 +77,7 @@ def run(args, log_path):
 
 
 def parse_metrics(text):
-    """{recall@1, map@r} from the output of eval.py or src.baselines."""
+    """{recall@1, map@r} from the output of eval.py or src.evaluation.baselines."""
     recall = re.search(r"^eval_recall: ([0-9.]+)$", text, re.M)
     map_r = re.search(r"^map@r\s+([0-9.]+)$", text, re.M)
     if not recall or not map_r:
@@ -86,8 +86,8 @@ def parse_metrics(text):
 
 
 def build_data(path, spec):
-    from src.demo_photos import PHOTOS, make_photo_dataset
-    from src.sop_lists import prepare_lists
+    from src.data.demo_photos import PHOTOS, make_photo_dataset
+    from src.data.sop_lists import prepare_lists
 
     if os.path.exists(os.path.join(path, "test.txt")):
         return
@@ -101,7 +101,7 @@ def build_data(path, spec):
 
 
 def read_list(data, name):
-    from src.dataset import read_image_list
+    from src.data.image_list import read_image_list
 
     return read_image_list(os.path.join(data, name), data)
 
@@ -118,7 +118,7 @@ def stage_checkpoints(stage_dir, loss):
 
 def train_stage(out, data, name, loss, epochs, options, image_size, ckpt=None, class_num=None):
     """Run train.py for one stage (skipped when its final checkpoint exists); returns (history rows, ckpts)."""
-    from src.history import read_history
+    from src.training.history import read_history
 
     stage_dir = os.path.join(out, name)
     done = os.path.isdir(os.path.join(stage_dir, "ckpt")) and epochs in stage_checkpoints(stage_dir, loss)
@@ -161,10 +161,10 @@ def softmax_epoch_analysis(data, ckpts, class_num, image_size):
     products (training_sample), and the backbone's relative weight change since the previous epoch."""
     import mindspore as ms
 
-    from src.dataset import create_dataset
-    from src.features import l2_normalize_rows
-    from src.metrics import retrieval_metrics
-    from src.resnet import resnet50
+    from src.data.dataset import create_dataset
+    from src.evaluation.features import l2_normalize_rows
+    from src.evaluation.metrics import retrieval_metrics
+    from src.models.resnet import resnet50
 
     images = read_list(data, "train.txt")
     sample = images.subset(training_sample(images.labels, read_list(data, "test.txt").num_classes))
@@ -218,7 +218,7 @@ def markdown(baselines, stages, analysis, header):
 
 def plot(baselines, stages, path, title):
     """Recall@1 (solid) and MAP@R (dashed) against epochs of training; fine-tuning continues after softmax."""
-    from src.history import pyplot, save_figure
+    from src.training.history import pyplot, save_figure
 
     fig, axes = pyplot().subplots(1, 2, figsize=(11, 4.2), dpi=100, sharex=True)
     softmax_epochs = len(stages.get("softmax", []))
@@ -250,7 +250,7 @@ def main(argv=None):
     parser.add_argument("--plot", help="write the PNG plot here")
     parser.add_argument("--quick", action="store_true", help="4 photos, 2 x 2 regions, 1-2 epochs per stage")
     args = parser.parse_args(argv)
-    from src.log import setup_logging
+    from src.runtime.log import setup_logging
 
     setup_logging()
     out = os.path.abspath(args.output_dir)
@@ -267,7 +267,7 @@ def main(argv=None):
 
     baselines = {}
     log("raw-pixel baseline")
-    text = run([sys.executable, "-m", "src.baselines", *common[:6]], os.path.join(out, "raw_pixels.log"))
+    text = run([sys.executable, "-m", "src.evaluation.baselines", *common[:6]], os.path.join(out, "raw_pixels.log"))
     best = re.search(r"^best: raw pixels (.+)$", text, re.M).group(1)
     baselines[f"raw pixels ({best})"] = parse_metrics(text)
     log("untrained backbone")
@@ -309,7 +309,7 @@ def main(argv=None):
     table = markdown(baselines, stages, analysis, header)
     print(table)
     if args.markdown:
-        from src.atomic_file import write_atomic
+        from src.runtime.atomic_file import write_atomic
 
         write_atomic(args.markdown, table)
     plot(baselines, stages, args.plot or os.path.join(out, "learning.png"), header)

@@ -8,7 +8,7 @@ tuned so that the ranks look like a trained model's, Recall@1 ~0.6-0.7). Every m
 subprocess on the same features; its peak memory is the process's peak RSS above the RSS right
 after the feature matrix was made (children of a process pool: each child's peak above its
 start, summed).
-  ours   src.metrics.retrieval_metrics: Recall@1/10/100/1000, MAP@R, R-precision, exact.
+  ours   src.evaluation.metrics.retrieval_metrics: Recall@1/10/100/1000, MAP@R, R-precision, exact.
   seed   the seed's algorithm re-implemented: normalise, Pool(4), full squared-distance rows,
          np.argsort of every whole row, Recall@1 only. Run up to --seed-max-n; beyond that its
          time is extrapolated as O(N^2 log N) from the largest N run at that dim.
@@ -24,7 +24,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-from src import runtime_env  # (first: CPU dispatch and BLAS kernel, before numpy loads)
+from src.runtime import env as runtime_env  # (first: CPU dispatch and BLAS kernel, before numpy loads)
 
 # isort: split
 import argparse
@@ -93,16 +93,16 @@ def peak_above(baseline):
 def start_ours():
     """Once per process, outside the timed call: logging set-up and numba's import and cached kernel
     load (compiled once per machine), by a call on 3 items."""
-    from src.log import setup_logging
-    from src.metrics import retrieval_metrics
+    from src.evaluation.metrics import retrieval_metrics
+    from src.runtime.log import setup_logging
     setup_logging()
     retrieval_metrics(np.eye(3, dtype=np.float32), np.array([0, 0, 1]), ks=(1,))
 
 
 def run_ours(features, labels):
-    from src.log import get_logger
-    from src.metrics import retrieval_metrics
-    return retrieval_metrics(features, labels, logger=get_logger("bench_metrics"))
+    from src.evaluation.metrics import retrieval_metrics
+    from src.runtime.log import get_logger
+    return retrieval_metrics(features, labels, logger=get_logger())
 
 
 _SEED_STATE = {}
@@ -224,7 +224,7 @@ def sgemm_rate(dim, repeats=5):
 
 
 def blas_header():
-    """numpy's OpenBLAS kernel (as src/runtime_env.py left it) and its 4096^3 sgemm rate, on this CPU."""
+    """numpy's OpenBLAS kernel (as src/runtime/env.py left it) and its 4096^3 sgemm rate, on this CPU."""
     flags = runtime_env.cpu_flags()
     kernels = ", ".join(str(k) for k in runtime_env.numpy_blas_kernels()) or "not OpenBLAS"
     rng = np.random.default_rng(0)
@@ -232,7 +232,7 @@ def blas_header():
     a @ b
     best = min(_timed(lambda: a @ b) for _ in range(3))
     chosen = os.environ.get(runtime_env.BLAS_VAR)
-    origin = ("unset" if chosen is None else f"{chosen} (src/runtime_env.py)"
+    origin = ("unset" if chosen is None else f"{chosen} (src/runtime/env.py)"
               if runtime_env.BLAS_VAR in os.environ.get(runtime_env.MARKER, "") else f"{chosen!r} (the environment's)")
     return (f"BLAS: numpy's OpenBLAS kernel {kernels} (OPENBLAS_CORETYPE {origin}; the CPU supports "
             f"{runtime_env.blas_kernel_for(flags) or 'no AVX2'}, AVX-512: "

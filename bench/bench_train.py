@@ -5,7 +5,7 @@ Usage:
   python bench/bench_train.py [--rounds 3] [--steps 8] [--configs train224b9 ...] [--variants ms torch ...]
                               [--json results.json] [--markdown table.md] [--data-dir DIR]
 
-Ours is what train.py runs for the triplet stage on CPU: `src.trainer.train` with
+Ours is what train.py runs for the triplet stage on CPU: `src.training.trainer.train` with
 `load_config("triplet", "CPU")` (ResNet-50 v1.5 backbone, Tripletloss, Momentum, Model with the
 config's amp_level and FixedLossScaleManager) fed by `create_dataset(..., stage="triplet")`; step
 times are those TrainMonitor records (compile step excluded). Feature extraction is
@@ -13,7 +13,7 @@ times are those TrainMonitor records (compile step excluded). Feature extraction
 
 The reference is written here in PyTorch: the same ResNet-50 v1.5 (23,508,032 parameters), the
 triplet loss on L2-normalised embeddings with sum reduction, SGD momentum 0.9 with weight decay
-1e-4 (not on BN, as MindSpore's Momentum), fed by a DataLoader over src.dataset.ImageSource, that
+1e-4 (not on BN, as MindSpore's Momentum), fed by a DataLoader over src.data.dataset.ImageSource, that
 is the same decoding and transforms, with the same worker count.
 
 Triplet batches must be a multiple of 3 (consecutive anchor, positive, negative rows): the
@@ -32,7 +32,7 @@ within a round, their order reversed every other round. A variant is a base and 
   +prefetch=N        (ms) mindspore.dataset.config.set_prefetch_size(N); (torch) prefetch_factor=N
   +passive           OMP_WAIT_POLICY=PASSIVE (OpenMP threads sleep instead of spinning: matters on a busy machine)
   +env:KEY=VALUE     any environment variable for the measured process, as a user would export it
-  +isa=X             ONEDNN_MAX_CPU_ISA=X as a user would export it (src/runtime_env.py keeps it); ALL is
+  +isa=X             ONEDNN_MAX_CPU_ISA=X as a user would export it (src/runtime/env.py keeps it); ALL is
                      oneDNN's default, i.e. MindSpore without our setting
   +steps=N           timed steps (eval: batches, at least 2) for this variant, instead of --steps (for slow variants)
 Step time = from the batch being handed to the step until its loss is on the host (data waiting
@@ -44,7 +44,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-from src import runtime_env  # noqa: E402  (first: CPU dispatch and BLAS kernel, before numpy loads)
+from src.runtime import env as runtime_env  # noqa: E402  (first: CPU dispatch and BLAS kernel, before numpy loads)
 
 # isort: split
 import argparse
@@ -76,7 +76,7 @@ CONFIGS = {
     "eval224b32": ("eval", 224, 32),
 }
 QUICK_SIZES = {"train": (32, 6), "eval": (32, 8)}
-# ms: train.py as it runs (src/runtime_env.py's CPU dispatch); ms+isa=ALL: MindSpore's own default (oneDNN
+# ms: train.py as it runs (src/runtime/env.py's CPU dispatch); ms+isa=ALL: MindSpore's own default (oneDNN
 # uncapped, reference convolutions on AVX-512 CPUs: one timed step, it is 15-50x slower there).
 DEFAULT_VARIANTS = ("ms", "ms+isa=ALL+steps=1", "torch", "torch+jemalloc")
 
@@ -134,10 +134,10 @@ def run_ms_train(job):
     import mindspore as ms
     import mindspore.dataset as mds
 
-    from src import trainer
-    from src.callbacks import TrainMonitor
-    from src.config import load_config
-    from src.context import init_context
+    from src.runtime.config import load_config
+    from src.runtime.context import init_context
+    from src.training import trainer
+    from src.training.callbacks import TrainMonitor
 
     spec, size, batch, steps = job["spec"], job["image_size"], job["batch"], job["steps"]
     overrides = [f"batch_size={batch}", f"image_size={size}", "epoch_size=1", "save_checkpoint=false",
@@ -235,11 +235,11 @@ def run_ms_eval(job):
     import mindspore as ms
     import mindspore.dataset as mds
 
-    from src import features
-    from src.config import load_config
-    from src.context import init_context
-    from src.dataset import create_dataset
-    from src.resnet import ResNet50
+    from src.data.dataset import create_dataset
+    from src.evaluation import features
+    from src.models.resnet import ResNet50
+    from src.runtime.config import load_config
+    from src.runtime.context import init_context
 
     spec, size, batch, steps = job["spec"], job["image_size"], job["batch"], job["steps"]
     cfg = load_config("triplet", "CPU")
@@ -274,7 +274,7 @@ def run_ms_eval(job):
 
 
 def torch_resnet50():
-    """ResNet-50 v1.5 in PyTorch, the same layers, BN settings and initialisation as src/resnet.py."""
+    """ResNet-50 v1.5 in PyTorch, the same layers, BN settings and initialisation as src/models/resnet.py."""
     import torch
     from torch import nn
 
@@ -329,7 +329,7 @@ def torch_resnet50():
 
 def torch_triplet_loss(torch, emb, margin):
     """Tripletloss with sum reduction on L2-normalised embeddings of consecutive (anchor, positive, negative)
-    rows, as src/loss.py's."""
+    rows, as src/losses/triplet.py's."""
     x = emb / torch.sqrt((emb * emb).sum(1, keepdim=True) + 1e-12)
     anchor, positive, negative = x[0::3], x[1::3], x[2::3]
     return torch.relu(((anchor - positive) ** 2).sum(1) - ((anchor - negative) ** 2).sum(1) + margin).sum()
@@ -348,7 +348,7 @@ def torch_sgd(torch, model, cfg):
 def subprocess_env(jemalloc=None, extra=None, framework="ms"):
     """Environment for a measured process: this one's, without an inherited allocator; `jemalloc` None,
     "tuned" or "default" preloads jemalloc (tuned: with TUNED_MALLOC_CONF); `extra` variables on top, as
-    the user's (src/runtime_env.py keeps them). PyTorch's own oneDNN runs uncapped (ONEDNN_MAX_CPU_ISA=ALL,
+    the user's (src/runtime/env.py keeps them). PyTorch's own oneDNN runs uncapped (ONEDNN_MAX_CPU_ISA=ALL,
     its default) unless `extra` says otherwise: our cap is for MindSpore's kernels, and the worker imports src."""
     env = dict(os.environ, PYTHONPATH=ROOT, GLOG_v="3", PYTHONUNBUFFERED="1")
     env.pop("LD_PRELOAD", None)
@@ -367,7 +367,7 @@ def subprocess_env(jemalloc=None, extra=None, framework="ms"):
 
 
 class _TokenDataset:
-    """A torch map-style dataset over src.dataset.ImageSource: same decoding and transforms as ours."""
+    """A torch map-style dataset over src.data.dataset.ImageSource: same decoding and transforms as ours."""
 
     def __init__(self, source, tokens):
         self.source = source
@@ -401,9 +401,10 @@ def _torch_loader(torch, source, tokens, batch, spec, workers, drop_last):
 
 def run_torch_train(job):
     torch = _torch_setup(job["spec"])  # before src (which imports mindspore.dataset)
-    from src.config import load_config
-    from src.dataset import ImageSource, read_image_list
-    from src.samplers import TripletSampler
+    from src.data.dataset import ImageSource
+    from src.data.image_list import read_image_list
+    from src.data.samplers import TripletSampler
+    from src.runtime.config import load_config
 
     spec, size, batch, steps = job["spec"], job["image_size"], job["batch"], job["steps"]
     cfg = load_config("triplet", "CPU")
@@ -443,8 +444,9 @@ def run_torch_train(job):
 
 def run_torch_eval(job):
     torch = _torch_setup(job["spec"])
-    from src.config import load_config
-    from src.dataset import ImageSource, read_image_list
+    from src.data.dataset import ImageSource
+    from src.data.image_list import read_image_list
+    from src.runtime.config import load_config
 
     spec, size, batch, steps = job["spec"], job["image_size"], job["batch"], job["steps"]
     cfg = load_config("triplet", "CPU")
@@ -483,7 +485,7 @@ WORKERS = {("ms", "train"): run_ms_train, ("ms", "eval"): run_ms_eval,
 
 
 def worker_main(job_json):
-    from src.log import setup_logging
+    from src.runtime.log import setup_logging
 
     setup_logging(logging.WARNING)
     job = json.loads(job_json)

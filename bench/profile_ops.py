@@ -18,7 +18,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-import src.runtime_env  # noqa: E402,F401  (first: CPU dispatch and BLAS kernel, before numpy loads)
+import src.runtime.env  # noqa: E402,F401  (first: CPU dispatch and BLAS kernel, before numpy loads)
 
 # isort: split
 import argparse
@@ -65,10 +65,10 @@ def ms_step(size, batch, evaluate):
     import mindspore as ms
     from mindspore import nn
 
-    from src.config import load_config
-    from src.context import init_context
-    from src.loss import create_loss
-    from src.resnet import ResNet50
+    from src.losses.factory import create_loss
+    from src.models.resnet import ResNet50
+    from src.runtime.config import load_config
+    from src.runtime.context import init_context
 
     init_context("CPU")
     ms.set_seed(1)
@@ -88,7 +88,7 @@ def torch_step(size, batch, evaluate):
     """The PyTorch reference's bare step on one fixed random batch."""
     import torch
 
-    from src.config import load_config
+    from src.runtime.config import load_config
 
     cfg = load_config("triplet", "CPU")
     torch.manual_seed(1)

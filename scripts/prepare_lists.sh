@@ -9,4 +9,4 @@ fi
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 PYTHON="$REPO/.venv/bin/python"
 [ -x "$PYTHON" ] || PYTHON=python3
-PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" exec "$PYTHON" -m src.benchmark_lists "$@"
+PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" exec "$PYTHON" -m src.data.benchmark_lists "$@"

@@ -44,18 +44,18 @@ if [ -f "$DATA/test.txt" ]; then
 else
   step "building the demo dataset in $DATA from scikit-image's photos"
   rm -rf "$DATA.partial"
-  "$PY" -m src.demo_photos --output_path "$DATA.partial" --grid "$GRID" --test_regions "$TEST_REGIONS" \
+  "$PY" -m src.data.demo_photos --output_path "$DATA.partial" --grid "$GRID" --test_regions "$TEST_REGIONS" \
     --views "$VIEWS" --size "$SIZE" "${VIEWPOINT[@]}"
   # Prefix lists as long as their sources (SOP's half/tiny sizes exceed this set).
   TRAIN_N=$(($(wc -l < "$DATA.partial/Ebay_train.txt") - 1)) TEST_N=$(($(wc -l < "$DATA.partial/Ebay_test.txt") - 1))
-  "$PY" -m src.sop_lists "$DATA.partial" --train-half "$TRAIN_N" --train-tiny "$TRAIN_N" \
+  "$PY" -m src.data.sop_lists "$DATA.partial" --train-half "$TRAIN_N" --train-tiny "$TRAIN_N" \
     --test-half "$TEST_N" --test-tiny "$TEST_N"
   mv "$DATA.partial" "$DATA"
 fi
 CLASSES=$(awk '{print $2}' "$DATA/train.txt" | sort -u | wc -l)
 
 step "baseline without learning: raw-pixel nearest neighbours (best of 8/16/32 px, RGB and gray)"
-"$PY" -m src.baselines --dataset_path "$DATA" --eval_list test.txt --recall_ks 1,10 | tee "$OUT/eval_raw_pixels.txt"
+"$PY" -m src.evaluation.baselines --dataset_path "$DATA" --eval_list test.txt --recall_ks 1,10 | tee "$OUT/eval_raw_pixels.txt"
 
 step "untrained backbone (random initialisation)"
 "$PY" "$REPO/eval.py" --random_init "${EVAL[@]}" | tee "$OUT/eval_untrained.txt"
@@ -97,7 +97,7 @@ train_stage softmax softmax "$SOFTMAX_EPOCHS" "stage 1: softmax pre-training on 
   --class_num "$CLASSES" --batch_size 64 --lr_init 0.02 --lr_max 0.2 --warmup_epochs 2 --lr_decay_mode cosine \
   "${AUGMENT[@]}" --run_eval --eval_list test.txt --eval_interval 2
 SOFTMAX_CKPT=$STAGE_CKPT
-"$PY" -m src.history "$OUT/softmax/history.csv" --title "demo: softmax pre-training"
+"$PY" -m src.training.history "$OUT/softmax/history.csv" --title "demo: softmax pre-training"
 step "evaluation after softmax pre-training"
 "$PY" "$REPO/eval.py" --ckpt_path "$SOFTMAX_CKPT" "${EVAL[@]}" | tee "$OUT/eval_softmax.txt"
 

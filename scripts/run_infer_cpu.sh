@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Offline inference on CPU, the Ascend 310 chain with src/infer_cpu.py as the runner:
+# Offline inference on CPU, the Ascend 310 chain with src/deploy/infer_cpu.py as the runner:
 # preprocess -> runner -> postprocess. Each step stops the chain with its own exit status when it fails.
 usage() {
   echo "usage: bash run_infer_cpu.sh [MINDIR_PATH] [DATASET_PATH] [preprocess.py options...]"
@@ -28,7 +28,7 @@ run_step preprocess preprocess.log "$PYTHON" "$REPO/preprocess.py" --dataset_pat
   --output_path preprocess_Result
 fresh_dir result_Files
 fresh_dir time_Result
-run_step inference infer.log "$PYTHON" -m src.infer_cpu --mindir_path "$MINDIR_PATH" \
+run_step inference infer.log "$PYTHON" -m src.deploy.infer_cpu --mindir_path "$MINDIR_PATH" \
   --dataset_path preprocess_Result/img_data --output_dir .
 rm -f acc.log
 run_step postprocess postprocess.log "$PYTHON" "$REPO/postprocess.py" --result_path result_Files \

@@ -8,10 +8,10 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from src.demo_data import make_retrieval_dataset
-from src.history import read_history
+from src.data.demo_data import make_retrieval_dataset
+from src.training.history import read_history
+from tests.paths import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--image_size", "32", "--hflip", "false", "--num_parallel_workers", "1", "--eval_batch_size", "16"]
 
 pytestmark = pytest.mark.slow
@@ -56,7 +56,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def untrained(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("init") / "untrained.ckpt")
-    code = (f"import sys, mindspore as ms; sys.path.insert(0, {ROOT!r}); from src.resnet import ResNet50; "
+    code = (f"import sys, mindspore as ms; sys.path.insert(0, {ROOT!r}); from src.models.resnet import ResNet50; "
             f"ms.set_seed(1); ms.save_checkpoint(ResNet50(), {path!r})")
     run([sys.executable, "-c", code])
     return path

@@ -9,10 +9,11 @@ import shlex
 import pytest
 import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.paths import ROOT
+
 READMES = ("README.md", "README_CN.md")
 SETUP_COMMANDS = ["bash scripts/run_demo.sh", "bash scripts/run_tests.sh"]
-# Entry scripts whose leftover --key value arguments are config overrides (src.cli.overrides_from_extra).
+# Entry scripts whose leftover --key value arguments are config overrides (src.runtime.cli.overrides_from_extra).
 CONFIG_SCRIPTS = ("train.py", "eval.py", "export.py", "preprocess.py")
 _FENCE = re.compile(r"^```bash[ \t]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 

@@ -9,12 +9,12 @@ import sys
 import numpy as np
 import pytest
 
-from src.cli import pipeline_error
-from src.demo_data import make_retrieval_dataset
-from src.devices import missing_libraries, plugin_files, unavailable_message
-from src.metrics import NoPositivesError, check_positives
+from src.data.demo_data import make_retrieval_dataset
+from src.evaluation.metrics import NoPositivesError, check_positives
+from src.runtime.cli import pipeline_error
+from src.runtime.devices import missing_libraries, plugin_files, unavailable_message
+from tests.paths import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--image_size", "32", "--eval_batch_size", "16"]
 
 
@@ -112,7 +112,7 @@ def test_a_bad_image_in_the_pipeline_is_the_last_line(data, tmp_path, kind, stag
 def test_pipeline_error_finds_the_innermost_exception():
     worker = ("Exception thrown from user defined Python function in dataset. \n\n- Python Call Stack: \n"
               "Traceback (most recent call last):\n  File \"x.py\", line 409, in process\n"
-              "FileNotFoundError: Traceback (most recent call last):\n  File \"src/dataset.py\", line 120\n"
+              "FileNotFoundError: Traceback (most recent call last):\n  File \"src/data/dataset.py\", line 120\n"
               "    raise FileNotFoundError(f\"image not found: {path}{listed}\")\n"
               "FileNotFoundError: image not found: /d/a.png (listed at /d/t.txt:3)\n\n"
               "- Dataset Pipeline Error Message: \n[ERROR] Execute user Python code failed\n"

@@ -2,7 +2,7 @@
 // through a MindIR written by export.py, one Predict each, on an Ascend 310/310P (Lite's Ascend backend) or a
 // CPU (--device_type CPU, Lite's CPU package on x86_64 or aarch64). Writes result_Files/<name>_<k>.bin (output k
 // of <name>.bin) and the average Predict latency to time_Result/test_perform_static.txt, both in the current
-// folder. src/infer_cpu.py is the Python twin. The API calls used are those of MindSpore 2.10's public headers
+// folder. src/deploy/infer_cpu.py is the Python twin. The API calls used are those of MindSpore 2.10's public headers
 // (include/api/model.h, context.h, types.h, status.h), as MindSpore Lite ships them in runtime/include/api/.
 #include <chrono>
 #include <cstdint>

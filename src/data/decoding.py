@@ -1,0 +1,75 @@
+"""Image decoding into HxWx3 uint8 RGB, and finding or dropping the listed files that are missing or do not decode."""
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+
+from src.runtime.log import Progress, get_logger
+
+logger = get_logger()
+_BAD_PATHS_SHOWN = 5
+
+
+def load_image(path, where=None):
+    """Decode an image file into an HxWx3 uint8 RGB array.
+
+    Grayscale and palette images become 3 channels, alpha is dropped, 16-bit images are scaled to
+    8 bits; EXIF orientation is applied. A missing or undecodable file raises FileNotFoundError /
+    ValueError naming the path and `where` (the list's file:line).
+    """
+    listed = f" (listed at {where})" if where else ""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image not found: {path}{listed}")
+    # ANYDEPTH keeps 16 bits, ANYCOLOR keeps grayscale as one channel; unlike IMREAD_UNCHANGED
+    # both still apply the EXIF orientation.
+    image = cv2.imread(path, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    if image is None or image.size == 0:
+        raise ValueError(f"cannot decode image: {path}{listed}")
+    if image.dtype == np.uint16:
+        image = ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ValueError(f"unsupported pixel type {image.dtype}: {path}{listed}")
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    channels = image.shape[2]
+    if channels in (1, 2):  # gray (+ alpha)
+        return cv2.cvtColor(np.ascontiguousarray(image[:, :, 0]), cv2.COLOR_GRAY2RGB)
+    if channels == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def find_bad_images(images, num_workers=2, progress_what="checking images"):
+    """[(index, reason)] for every entry of `images` that is missing or does not decode."""
+    def check(index):
+        try:
+            load_image(images.full_path(index), images.where(index))
+        except (OSError, ValueError, cv2.error) as error:
+            return index, str(error)
+        return None
+
+    progress = Progress(len(images), progress_what, logger, interval=30.0)
+    bad = []
+    # cv2.imread releases the GIL, so threads decode in parallel.
+    with ThreadPoolExecutor(max(1, num_workers)) as pool:
+        for result in pool.map(check, range(len(images)), chunksize=64):
+            progress.update()
+            if result is not None:
+                bad.append(result)
+    return bad
+
+
+def drop_bad_images(images, num_workers=2):
+    """`images` without its missing/undecodable files; logs how many were dropped and the first few."""
+    bad = find_bad_images(images, num_workers)
+    if not bad:
+        return images
+    for _, reason in bad[:_BAD_PATHS_SHOWN]:
+        logger.warning("skipping %s", reason)
+    more = f" (first {_BAD_PATHS_SHOWN} shown)" if len(bad) > _BAD_PATHS_SHOWN else ""
+    logger.warning("skip_bad: dropped %d of %d images of %s%s", len(bad), len(images), images.list_file, more)
+    if len(bad) == len(images):
+        raise ValueError(f"{images.list_file}: none of its {len(images)} images can be decoded")
+    keep = np.setdiff1d(np.arange(len(images)), [index for index, _ in bad])
+    return images.subset(keep)

@@ -1,0 +1,1 @@
+"""The training losses, one module per loss, the helpers they share (common.py), and create_loss (factory.py)."""

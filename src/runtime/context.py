@@ -1,0 +1,34 @@
+"""MindSpore run context: graph mode, device choice, and the data-parallel group."""
+import os
+
+import mindspore as ms
+
+from src.runtime.config import DEVICES
+from src.runtime.devices import set_device
+
+
+def init_context(device_target, device_id=None, distributed=False, compile_cache_dir=None):
+    """Set graph mode and the device; join the data-parallel group when `distributed`.
+
+    device_id defaults to $DEVICE_ID (else 0) for standalone runs; distributed runs take the
+    device of their local rank (set by msrun / the launcher). Returns (rank, group_size).
+    """
+    if device_target not in DEVICES:
+        raise ValueError(f"unknown device_target {device_target!r}; expected one of {', '.join(DEVICES)}")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    if compile_cache_dir:
+        ms.set_context(enable_compile_cache=True, compile_cache_path=compile_cache_dir)
+    if not distributed:
+        if device_id is None:
+            device_id = int(os.environ.get("DEVICE_ID", "0"))
+        set_device(device_target, int(device_id))
+        return 0, 1
+    from mindspore.communication import get_group_size, get_rank, init
+
+    # No device id: under msrun (or a rank table) each process is given the device of its local rank.
+    set_device(device_target)
+    init()
+    group_size = get_group_size()
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
+                                 device_num=group_size)
+    return get_rank(), group_size

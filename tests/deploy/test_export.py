@@ -1,0 +1,149 @@
+"""export.py: exported MINDIR / ONNX files compute the checkpointed backbone's features; AIR and bad input are
+refused with one-line errors."""
+import os
+import re
+import subprocess
+import sys
+
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore import nn
+
+from src.deploy.export import INPUT_NAME, OUTPUT_NAME, build_feature_net
+from src.evaluation.features import l2_normalize_rows
+from tests.paths import ROOT
+
+SIZE = 32
+
+pytestmark = pytest.mark.slow
+
+
+def start(args):
+    env = dict(os.environ, GLOG_v="3", PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc, expect=0):
+    output = proc.communicate(timeout=600)[0]
+    assert proc.returncode == expect, f"exit {proc.returncode} (expected {expect}) from {proc.args}:\n{output[-4000:]}"
+    return output
+
+
+def run(args, expect=0):
+    return finish(start(args), expect)
+
+
+def export_args(*args):
+    return [sys.executable, os.path.join(ROOT, "export.py"), "--image_size", str(SIZE), *args]
+
+
+def export(*args, expect=0):
+    return run(export_args(*args), expect)
+
+
+def exported_path(log):
+    return re.search(r"^exported: (.+)$", log, re.M).group(1)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("init") / "untrained.ckpt")
+    # In a subprocess, so that set_seed does not leak into other tests.
+    run([sys.executable, "-c", "import mindspore as ms; from src.models.resnet import ResNet50; "
+         f"ms.set_seed(1); ms.save_checkpoint(ResNet50(), {path!r})"])
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(ckpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    common = ("--ckpt_file", ckpt, "--file_name")
+    # Run side by side: each export is mostly one busy core.
+    procs = {"mindir": start(export_args(*common, str(out / "plain"))),
+             "mindir_l2": start(export_args(*common, str(out / "l2"), "--l2_normalize")),
+             "onnx_l2": start(export_args(*common, str(out / "l2"), "--file_format", "onnx", "--l2_normalize"))}
+    try:
+        return {name: exported_path(finish(proc)) for name, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:  # another export failed: do not leave this one running
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).normal(size=(3, 1, 3, SIZE, SIZE)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def graph_mode():
+    old = ms.get_context("mode")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    yield
+    ms.set_context(mode=old)
+
+
+@pytest.fixture(scope="module")
+def reference(ckpt, images, graph_mode):
+    """Features of the checkpointed backbone (inference mode), one image at a time like the exported batch-1 graph."""
+    net = build_feature_net(ckpt)
+    return np.concatenate([net(ms.Tensor(x)).asnumpy() for x in images])
+
+
+def run_mindir(path, images):
+    net = nn.GraphCell(ms.load(path))
+    return np.concatenate([net(ms.Tensor(x)).asnumpy() for x in images])
+
+
+def test_files_are_named_after_the_format(exported):
+    assert exported["mindir"].endswith("plain.mindir") and os.path.isfile(exported["mindir"])
+    assert exported["onnx_l2"].endswith("l2.onnx") and os.path.isfile(exported["onnx_l2"])
+    assert not [name for name in os.listdir(os.path.dirname(exported["mindir"])) if ".tmp" in name]
+
+
+def test_mindir_gives_the_checkpointed_features(exported, images, reference, graph_mode):
+    features = run_mindir(exported["mindir"], images)
+    assert features.shape == (3, 2048)
+    diff = float(np.abs(features - reference).max())
+    print(f"MINDIR vs checkpointed network: max abs diff {diff:.3g} (feature scale {np.abs(reference).max():.3g})")
+    assert diff < 1e-5
+
+
+def test_l2_normalized_mindir_gives_unit_rows_equal_to_normalized_features(exported, images, reference, graph_mode):
+    features = run_mindir(exported["mindir_l2"], images)
+    np.testing.assert_allclose(np.linalg.norm(features.astype(np.float64), axis=1), 1.0, atol=1e-5)
+    diff = float(np.abs(features - l2_normalize_rows(reference)).max())
+    print(f"MINDIR --l2_normalize vs l2_normalize(features): max abs diff {diff:.3g}")
+    assert diff < 1e-5
+
+
+def test_onnx_in_onnxruntime_matches(exported, images, reference):
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is a test dependency (requirements-dev.txt)")
+    session = ort.InferenceSession(exported["onnx_l2"], providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == [INPUT_NAME]
+    assert [o.name for o in session.get_outputs()] == [OUTPUT_NAME]
+    features = np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: x})[0] for x in images])
+    diff = float(np.abs(features - l2_normalize_rows(reference)).max())
+    print(f"ONNX (onnxruntime) --l2_normalize vs l2_normalize(features): max abs diff {diff:.3g}")
+    assert diff < 1e-4
+
+
+def one_line_error(log):
+    errors = [line for line in log.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "Traceback" not in log, log[-3000:]
+    return errors[0]
+
+
+def test_air_is_refused_off_ascend(ckpt, tmp_path):
+    log = export("--ckpt_file", ckpt, "--file_name", str(tmp_path / "net"), "--file_format", "AIR", expect=1)
+    assert re.search(r"AIR export needs --device_target Ascend \(got CPU\)", one_line_error(log))
+    assert os.listdir(tmp_path) == []
+
+
+def test_missing_checkpoint_is_a_one_line_error(tmp_path):
+    missing = str(tmp_path / "nowhere.ckpt")
+    log = export("--ckpt_file", missing, "--file_name", str(tmp_path / "net"), expect=1)
+    assert f"checkpoint not found: {missing}" in one_line_error(log)
+    assert os.listdir(tmp_path) == []

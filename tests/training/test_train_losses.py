@@ -1,0 +1,104 @@
+"""The losses beyond the seed train end to end through train.py on CPU (small images), with their batch layouts,
+and the proxy losses' own parameters learn at their learning-rate multiple and survive a resume."""
+import math
+import os
+import re
+import subprocess
+import sys
+
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore import nn
+
+from src.data.demo_data import make_retrieval_dataset
+from src.losses.factory import create_loss
+from src.losses.proxyanchor import ProxyAnchorloss
+from src.runtime.config import load_config
+from src.training.trainer import parameter_groups
+from tests.paths import ROOT
+
+SMALL = ["--image_size", "32", "--hflip", "false", "--num_parallel_workers", "1", "--eval_batch_size", "16"]
+# Per loss: the options that fit the 8-class demo set (class_num for the losses with class weights / proxies).
+OPTIONS = {"multisimilarity": ["--samples_each_class", "2"], "proxyanchor": ["--class_num", "8"],
+           "normsoftmax": ["--class_num", "8"], "npairs": [], "eml": []}
+
+
+def train(*args, expect=0):
+    env = dict(os.environ, GLOG_v="3", PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == expect, f"exit {proc.returncode}:\n{output[-4000:]}"
+    return output
+
+
+def values(path):
+    return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items() if not isinstance(v, str)}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_retrieval_dataset(str(tmp_path_factory.mktemp("data")))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", sorted(OPTIONS))
+def test_each_new_loss_trains_end_to_end(data, tmp_path, loss):
+    out = tmp_path / loss
+    log = train("--loss_name", loss, "--dataset_path", data, "--output_dir", str(out), "--batch_size", "8",
+                "--epoch_size", "2", "--save_checkpoint_epochs", "1", "--keep_checkpoint_max", "2", "--lr_max", "0.01",
+                "--lr_init", "0.01", "--lr_decay_mode", "const", *OPTIONS[loss], *SMALL)
+    means = [float(x) for x in re.findall(r"epoch: \d/2 done, mean loss ([0-9.eE+-]+)", log)]
+    assert len(means) == 2 and all(math.isfinite(m) and m > 0 for m in means), means
+    first, last = (values(next((out / "ckpt").glob(f"resnet50_{loss}-{e}_*.ckpt"))) for e in (1, 2))
+    assert not np.array_equal(first["conv1.weight"], last["conv1.weight"])  # the backbone trains
+    own = {"proxyanchor": "proxyanchor.proxies", "normsoftmax": "normsoftmax.weight"}.get(loss)
+    if own:  # the loss's own parameters are trained and saved with the rest
+        assert not np.array_equal(first[own], last[own])
+
+
+def test_proxies_learn_at_their_multiple_of_the_schedule():
+    backbone, loss = nn.Dense(4, 3), ProxyAnchorloss(5, 3)
+    lr = np.linspace(0.1, 0.2, 6).astype(np.float32)
+    groups = parameter_groups(backbone, loss, lr, 100.0)
+    assert [p.name for p in groups[1]["params"]] == ["proxyanchor.proxies"]
+    np.testing.assert_allclose(groups[1]["lr"].asnumpy(), lr * 100, rtol=1e-6)
+    assert "lr" not in groups[0] and len(groups[0]["params"]) == 2
+    # Without a multiple (or without parameters of its own) there is one group.
+    assert len(parameter_groups(backbone, loss, lr, 1.0)) == 3
+
+
+def test_stage_configs_carry_the_published_values():
+    ms_cfg = load_config("multisimilarity", "CPU")
+    assert (ms_cfg.alpha, ms_cfg.beta, ms_cfg.base, ms_cfg.miner_epsilon) == (2.0, 50.0, 0.5, 0.1)
+    pa = load_config("proxyanchor", "CPU")
+    assert (pa.margin, pa.alpha, pa.proxy_lr_multiplier, pa.batch_size) == (0.1, 32.0, 100.0, 180)
+    assert load_config("normsoftmax", "CPU").temperature == 0.05
+    npairs = load_config("npairs", "CPU")
+    assert (npairs.reg_lambda, npairs.samples_each_class, npairs.batch_size, npairs.lr_max) == (0.01, 2, 160, 1e-4)
+    assert isinstance(create_loss("eml", load_config("eml", "CPU")), nn.Cell)
+
+
+@pytest.mark.slow
+def test_a_proxy_loss_resumes_bit_for_bit(data, tmp_path):
+    """Proxy-Anchor with its proxies at 100 x the rate (two learning-rate groups in the optimizer): resumed after
+    epoch 1, the run ends where an uninterrupted one does."""
+    common = ["--loss_name", "proxyanchor", "--dataset_path", data, "--batch_size", "8", "--epoch_size", "2",
+              "--save_checkpoint_epochs", "1", "--keep_checkpoint_max", "5", "--class_num", "8", "--lr_max", "0.001",
+              "--lr_decay_mode", "const", "--seed", "3", *SMALL]
+    train(*common, "--output_dir", str(tmp_path / "full"))
+    after_epoch_1 = next((tmp_path / "full" / "ckpt").glob("resnet50_proxyanchor-1_*.ckpt"))
+    log = train(*common, "--resume", str(after_epoch_1), "--output_dir", str(tmp_path / "resumed"))
+    assert "resumed from" in log
+    final = next((tmp_path / "full" / "ckpt").glob("resnet50_proxyanchor-2_*.ckpt")).name
+    full = values(tmp_path / "full" / "ckpt" / final)
+    resumed = values(tmp_path / "resumed" / "ckpt" / final)
+    assert full.keys() == resumed.keys() and "learning_rate_group_1" in full
+    assert [k for k in full if not np.array_equal(full[k], resumed[k])] == []
+
+
+def test_npairs_needs_pairs(data, tmp_path):
+    log = train("--loss_name", "npairs", "--dataset_path", data, "--output_dir", str(tmp_path), "--batch_size", "9",
+                "--samples_each_class", "3", *SMALL, expect=1)
+    assert "npairs batches are (anchor, positive) pairs: samples_each_class must be 2, got 3" in log.strip()[-300:]
