@@ -1,0 +1,161 @@
+"""The shape of src/: every module in a concept package, packages without import cycles, each importable on its own,
+the old `python -m src.<name>` tools still working, and one logger name for everything."""
+import ast
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.paths import ROOT
+
+SRC = os.path.join(ROOT, "src")
+PACKAGES = ("runtime", "data", "models", "losses", "training", "evaluation", "deploy")
+# Thin modules kept at the top so that `python -m src.<name>` goes on working for users' scripts.
+FORWARDERS = {"convert_weights": "models", "baselines": "evaluation", "history": "training",
+              "benchmark_lists": "data"}
+
+
+def python_files():
+    for folder, _, files in os.walk(SRC):
+        for name in files:
+            if name.endswith(".py"):
+                yield os.path.relpath(os.path.join(folder, name), SRC)
+
+
+def module_name(relpath):
+    parts = relpath[:-3].split(os.sep)
+    return ".".join(["src"] + [p for p in parts if p != "__init__"])
+
+
+def imported_modules(path):
+    """Every src module `path` imports, at the top or inside a function."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("src.")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "src":
+            # `from src.data import dataset` imports the module src.data.dataset
+            found |= {f"{node.module}.{a.name}" if os.path.isfile(
+                os.path.join(ROOT, *node.module.split("."), a.name + ".py")) else node.module for a in node.names}
+    return found
+
+
+def package_of(module):
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 else None
+
+
+def package_graph():
+    graph = {p: set() for p in PACKAGES}
+    for rel in python_files():
+        source = package_of(module_name(rel))
+        if source is None:
+            continue
+        for target in imported_modules(os.path.join(SRC, rel)):
+            target_package = package_of(target)
+            if target_package is not None and target_package != source:
+                graph[source].add(target_package)
+    return graph
+
+
+def find_cycle(graph):
+    """A list of nodes forming a cycle, or None."""
+    state = {}
+
+    def visit(node, path):
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                return path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt]
+            if nxt not in state:
+                cycle = visit(nxt, path + [nxt])
+                if cycle:
+                    return cycle
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            cycle = visit(node, [node])
+            if cycle:
+                return cycle
+    return None
+
+
+def test_every_module_lives_in_a_package():
+    top = sorted(rel[:-3] for rel in python_files() if os.sep not in rel and rel != "__init__.py")
+    assert top == sorted(FORWARDERS)
+    packages = sorted(d for d in os.listdir(SRC) if os.path.isfile(os.path.join(SRC, d, "__init__.py")))
+    assert packages == sorted(PACKAGES)
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_package_init_says_in_one_line_what_lives_there(package):
+    with open(os.path.join(SRC, package, "__init__.py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    assert len(tree.body) == 1 and isinstance(tree.body[0], ast.Expr), "only a docstring: importing stays cheap"
+    assert "\n" not in ast.get_docstring(tree).strip()
+
+
+def test_packages_import_each_other_without_cycles():
+    graph = package_graph()
+    assert find_cycle(graph) is None, f"import cycle between packages: {' -> '.join(find_cycle(graph))}"
+    assert graph["runtime"] == set(), "runtime is the bottom layer"
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_import_scan_sees_function_level_and_module_imports(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("from src.runtime import log\n\ndef f():\n    from src.data.dataset import create_dataset\n")
+    assert imported_modules(str(path)) == {"src.runtime.log", "src.data.dataset"}
+
+
+def run(args):
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=dict(os.environ, PYTHONPATH=ROOT, GLOG_v="3"))
+
+
+def test_each_package_imports_on_its_own():
+    """Every module of a package, imported in a fresh interpreter that has loaded nothing else of src."""
+    procs = {}
+    for package in PACKAGES:
+        modules = sorted(module_name(rel) for rel in python_files() if rel.startswith(package + os.sep))
+        procs[package] = run(["-c", "; ".join(f"import {m}" for m in modules)])
+    for package, proc in procs.items():
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"src.{package}: {out[-2000:]}"
+
+
+def test_old_module_paths_forward_to_the_packages(tmp_path):
+    procs = {name: run(["-m", f"src.{name}", "--help"]) for name in FORWARDERS}
+    for name, proc in procs.items():
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out
+        assert f"usage: python -m src.{FORWARDERS[name]}.{name}" in out
+
+
+def test_a_module_run_with_python_m_logs_as_the_project(tmp_path):
+    (tmp_path / "Ebay_train.txt").write_text("image_id class_id super_class_id path\n1 1 1 a/1.jpg\n2 1 1 a/2.jpg\n")
+    (tmp_path / "Ebay_test.txt").write_text("image_id class_id super_class_id path\n3 2 1 b/3.jpg\n4 2 1 b/4.jpg\n")
+    proc = run(["-m", "src.benchmark_lists", "sop", str(tmp_path)])
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert (tmp_path / "train.txt").read_text() == "a/1.jpg 1\na/2.jpg 1\n"
+    logged = [line for line in out.splitlines() if " INFO " in line]
+    assert logged and all(" INFO metric_learn: " in line for line in logged), out
+
+
+def test_no_module_names_its_own_logger():
+    for rel in python_files():
+        if rel == os.path.join("runtime", "log.py"):
+            continue
+        with open(os.path.join(SRC, rel), encoding="utf-8") as f:
+            text = f.read()
+        assert "getLogger(" not in text, f"src/{rel}: log through src.runtime.log.get_logger()"
