@@ -5,7 +5,7 @@ import mindspore as ms
 from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import XavierUniform, initializer
 
-from src.losses.common import cross_entropy
+from src.losses.common import cross_entropy, one_hot
 from src.models.resnet import l2_normalize
 
 
@@ -43,11 +43,8 @@ class ArcMarginloss(nn.Cell):
             phi = ops.where(cosine > 0.0, phi, cosine)
         else:
             phi = ops.where(cosine > self.threshold, phi, cosine - self.linear_penalty)
-        target = self._one_hot(label)
+        target = one_hot(label, self.class_num)
         return self.scale * (target * phi + (1.0 - target) * cosine)
 
-    def _one_hot(self, label):
-        return ops.one_hot(label, self.class_num, ms.Tensor(1.0, ms.float32), ms.Tensor(0.0, ms.float32))
-
     def construct(self, embeddings, label):
-        return cross_entropy(self.logits(embeddings, label), self._one_hot(label))
+        return cross_entropy(self.logits(embeddings, label), one_hot(label, self.class_num))

@@ -1,5 +1,5 @@
-"""What several losses share: cross-entropy on soft targets, pair masks from labels, pairwise distances and
-cosines, and a stable log(1 + sum exp) over a mask."""
+"""What several losses share: cross-entropy on soft targets, one-hot targets, pair masks from labels, pairwise
+distances and cosines, and a stable log(1 + sum exp) over a mask."""
 import mindspore as ms
 from mindspore import ops
 
@@ -13,6 +13,11 @@ def cross_entropy(logits, target):
     inf once the target's probability underflows (a logit gap of ~90, reachable at scale 80).
     """
     return -(target * ops.log_softmax(logits, axis=1)).sum(axis=1).mean()
+
+
+def one_hot(label, num_classes):
+    """float32 one-hot rows of integer labels."""
+    return ops.one_hot(label, num_classes, ms.Tensor(1.0, ms.float32), ms.Tensor(0.0, ms.float32))
 
 
 def log1p_sum_exp(z, mask, axis):

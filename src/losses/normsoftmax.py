@@ -3,7 +3,7 @@ import mindspore as ms
 from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
-from src.losses.common import cross_entropy
+from src.losses.common import cross_entropy, one_hot
 from src.models.resnet import l2_normalize
 
 
@@ -24,5 +24,5 @@ class NormSoftmaxloss(nn.Cell):
 
     def construct(self, embeddings, label):
         logits = ops.matmul(l2_normalize(embeddings, axis=1), l2_normalize(self.weight, axis=0)) / self.temperature
-        target = ops.one_hot(label, self.class_num, ms.Tensor(1.0, ms.float32), ms.Tensor(0.0, ms.float32))
+        target = one_hot(label, self.class_num)
         return cross_entropy(logits, target)

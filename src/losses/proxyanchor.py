@@ -1,9 +1,9 @@
 """Proxy-Anchor loss (Kim et al., CVPR 2020): one trained proxy per class."""
 import mindspore as ms
-from mindspore import Parameter, nn, ops
+from mindspore import Parameter, nn
 from mindspore.common.initializer import HeNormal, initializer
 
-from src.losses.common import cosine, log1p_sum_exp
+from src.losses.common import cosine, log1p_sum_exp, one_hot
 
 
 class ProxyAnchorloss(nn.Cell):
@@ -28,7 +28,7 @@ class ProxyAnchorloss(nn.Cell):
 
     def construct(self, embeddings, label):
         cos = cosine(embeddings, self.proxies)
-        pos = ops.one_hot(label, self.class_num, ms.Tensor(1.0, ms.float32), ms.Tensor(0.0, ms.float32))
+        pos = one_hot(label, self.class_num)
         neg = 1.0 - pos
         with_pos = (pos.sum(axis=0) > 0).astype(ms.float32).sum()
         pos_term = log1p_sum_exp(self.alpha * (self.margin - cos), pos, 0).sum() / with_pos
