@@ -38,8 +38,7 @@ def create_loss(loss_name, cfg):
     if loss_name == "quadruplet":
         return Quadrupletloss(margin=cfg.margin, samples_each_class=cfg.samples_each_class)
     if loss_name == "multisimilarity":
-        epsilon = cfg.miner_epsilon if cfg.miner_epsilon >= 0 else None
-        return MultiSimilarityloss(cfg.alpha, cfg.beta, cfg.base, miner_epsilon=epsilon)
+        return MultiSimilarityloss(cfg.alpha, cfg.beta, cfg.base, miner_epsilon=cfg.miner_epsilon)
     if loss_name == "proxyanchor":
         return ProxyAnchorloss(cfg.class_num, feature_dim(cfg.embedding_size), margin=cfg.margin, alpha=cfg.alpha)
     if loss_name == "normsoftmax":

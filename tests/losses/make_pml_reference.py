@@ -160,6 +160,12 @@ def main():
             x = 0.5 * rng.standard_normal((len(labels), DIM))
             loss, grads = run(Formula(paddle_eml, k=k), x, labels)
             add(f"eml_k{k}_{seed}", x, labels, loss, grads)
+    # All pairs on a 6 classes x 4 images batch (the README's miner_epsilon -1).
+    rng = np.random.default_rng(30)
+    labels = np.repeat(rng.choice(N_CLASSES, 6, replace=False), 4)
+    x = rng.standard_normal((len(labels), DIM))
+    loss, grads = run(losses.MultiSimilarityLoss(alpha=2, beta=50, base=0.5), x, labels)
+    add("multisimilarity_allpairs_pk", x, labels, loss, grads)
     # Batches where the MS miner keeps nothing (loss 0, gradient 0), and one with one class only.
     rng = np.random.default_rng(10)
     labels = pk_labels(4, 3, rng)

@@ -27,6 +27,8 @@ def make_loss(case, weights):
     classes, dim = (weights.shape[1], weights.shape[0]) if weights is not None else (None, None)
     if case.startswith("multisimilarity_mined"):
         return MultiSimilarityloss(alpha=2, beta=50, base=0.5, miner_epsilon=0.1)
+    if case.startswith("multisimilarity_allpairs"):  # the config's "no mining" value, given to the class
+        return MultiSimilarityloss(alpha=2, beta=50, base=0.5, miner_epsilon=-1)
     if case.startswith("multisimilarity"):
         return MultiSimilarityloss(alpha=2, beta=50, base=0.5, miner_epsilon=None)
     if case.startswith("proxyanchor"):
@@ -81,7 +83,7 @@ def test_value_and_gradient_equal_the_reference(case):
 
 def test_the_reference_covers_every_loss_and_the_edge_cases():
     prefixes = {case.rsplit("_", 1)[0] for case in CASES}
-    for name in ("multisimilarity", "multisimilarity_mined", "proxyanchor", "normsoftmax", "arcmargin",
+    for name in ("multisimilarity", "multisimilarity_mined", "multisimilarity_allpairs", "proxyanchor", "normsoftmax", "arcmargin",
                  "triplet_sum", "triplet_mean", "npairs", "eml_k2", "eml_k3"):
         assert name in prefixes, name
     # Batches where the miner keeps nothing: the library's loss and gradient are exactly 0.
