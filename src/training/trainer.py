@@ -67,14 +67,26 @@ def build_network(loss_name, cfg):
     return backbone, backbone
 
 
-def parameter_groups(network, loss, lr, proxy_lr_multiplier=1.0):
+def decays(param):
+    """Whether weight decay applies to `param`: not to BatchNorm's gamma and beta. This is the filter nn.Momentum
+    applies by itself to an ungrouped parameter list (mindspore/nn/optim/optimizer.py)."""
+    return "beta" not in param.name and "gamma" not in param.name
+
+
+def parameter_groups(network, loss, lr, weight_decay, proxy_lr_multiplier=1.0):
     """The optimizer's parameters: the network's at the schedule `lr`, and a loss's own (class weights, proxies)
-    at `proxy_lr_multiplier` times it (Proxy-Anchor trains its proxies 100 times faster)."""
+    at `proxy_lr_multiplier` times it (Proxy-Anchor trains its proxies 100 times faster). Weight decay applies to
+    the same parameters either way: grouped, Momentum drops its gamma/beta filter and decays every parameter of
+    a group with weight decay, so BatchNorm's parameters get a group of their own without."""
     own = loss.trainable_params()
     if not own or proxy_lr_multiplier == 1.0:
         return network.trainable_params() + own
-    return [{"params": network.trainable_params()},
-            {"params": own, "lr": ms.Tensor(np.asarray(lr, np.float32) * np.float32(proxy_lr_multiplier))}]
+    params = network.trainable_params()
+    groups = [{"params": [p for p in params if decays(p)], "weight_decay": weight_decay},
+              {"params": [p for p in params if not decays(p)], "weight_decay": 0.0},
+              {"params": own, "weight_decay": weight_decay,
+               "lr": ms.Tensor(np.asarray(lr, np.float32) * np.float32(proxy_lr_multiplier))}]
+    return [group for group in groups if group["params"]]
 
 
 def checkpoint_prefix(loss_name):
@@ -100,6 +112,37 @@ def existing_checkpoints(ckpt_dir, prefix):
     if not os.path.isdir(ckpt_dir):
         return []
     return sorted(name for name in os.listdir(ckpt_dir) if name.startswith(prefix + "-") and name.endswith(".ckpt"))
+
+
+@dataclass
+class TrainingSetup:
+    """What one training step needs: the Model (network, loss, optimizer, loss scale) and its per-step lr."""
+
+    model: Model
+    network: nn.Cell
+    backbone: nn.Cell
+    loss: nn.Cell
+    lr: np.ndarray
+
+
+def build_training(loss_name, cfg, steps_per_epoch, ckpt_path=None):
+    """The network, loss, Momentum optimizer and Model of a stage, as train.py trains them (also what
+    bench/parity_torch.py steps next to PyTorch). `ckpt_path`: initial backbone weights."""
+    network, backbone = build_network(loss_name, cfg)
+    if ckpt_path:
+        load_backbone_checkpoint(backbone, ckpt_path, new_head=True)
+        logger.info("backbone initialised from %s", ckpt_path)
+    loss = create_loss(loss_name, cfg)
+    lr = get_lr(cfg.lr_init, cfg.lr_end, cfg.lr_max, cfg.warmup_epochs, cfg.epoch_size, steps_per_epoch,
+                cfg.lr_decay_mode)
+    if len(lr) < cfg.epoch_size * steps_per_epoch:
+        raise ValueError(f"learning-rate array has {len(lr)} entries, needs {cfg.epoch_size * steps_per_epoch}")
+    optimizer = nn.Momentum(parameter_groups(network, loss, lr, cfg.weight_decay, cfg.proxy_lr_multiplier),
+                            learning_rate=ms.Tensor(lr), momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                            loss_scale=float(cfg.loss_scale))
+    model = Model(network, loss_fn=loss, optimizer=optimizer, amp_level=cfg.amp_level,
+                  loss_scale_manager=FixedLossScaleManager(float(cfg.loss_scale), drop_overflow_update=False))
+    return TrainingSetup(model, network, backbone, loss, lr)
 
 
 def train(request, cfg):
@@ -138,22 +181,10 @@ def train(request, cfg):
         raise ValueError(f"{request.resume} was written at step {start_step} after {start_epoch} epochs, but this "
                          f"run has {steps_per_epoch} steps per epoch: batch size, list or device count differ")
 
-    network, backbone = build_network(request.loss_name, cfg)
+    setup = build_training(request.loss_name, cfg, steps_per_epoch, request.ckpt_path)
+    network, backbone, model, lr = setup.network, setup.backbone, setup.model, setup.lr
     # Written into every checkpoint of this run: the network's padding convention and head.
     marker = {CONVENTION_KEY: cfg[CONVENTION_KEY], **backbone.head_record()}
-    if request.ckpt_path:
-        load_backbone_checkpoint(backbone, request.ckpt_path, new_head=True)
-        logger.info("backbone initialised from %s", request.ckpt_path)
-    loss = create_loss(request.loss_name, cfg)
-    lr = get_lr(cfg.lr_init, cfg.lr_end, cfg.lr_max, cfg.warmup_epochs, cfg.epoch_size, steps_per_epoch,
-                cfg.lr_decay_mode)
-    if len(lr) < cfg.epoch_size * steps_per_epoch:
-        raise ValueError(f"learning-rate array has {len(lr)} entries, needs {cfg.epoch_size * steps_per_epoch}")
-    optimizer = nn.Momentum(parameter_groups(network, loss, lr, cfg.proxy_lr_multiplier),
-                            learning_rate=ms.Tensor(lr), momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                            loss_scale=float(cfg.loss_scale))
-    model = Model(network, loss_fn=loss, optimizer=optimizer, amp_level=cfg.amp_level,
-                  loss_scale_manager=FixedLossScaleManager(float(cfg.loss_scale), drop_overflow_update=False))
     if request.resume:
         # The per-step learning-rate array comes from this run's config (a resumed run may be given more
         # epochs); the global step restored with the rest indexes into it.

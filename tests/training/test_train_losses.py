@@ -61,12 +61,45 @@ def test_each_new_loss_trains_end_to_end(data, tmp_path, loss):
 def test_proxies_learn_at_their_multiple_of_the_schedule():
     backbone, loss = nn.Dense(4, 3), ProxyAnchorloss(5, 3)
     lr = np.linspace(0.1, 0.2, 6).astype(np.float32)
-    groups = parameter_groups(backbone, loss, lr, 100.0)
-    assert [p.name for p in groups[1]["params"]] == ["proxyanchor.proxies"]
-    np.testing.assert_allclose(groups[1]["lr"].asnumpy(), lr * 100, rtol=1e-6)
-    assert "lr" not in groups[0] and len(groups[0]["params"]) == 2
+    groups = parameter_groups(backbone, loss, lr, 1e-4, 100.0)
+    assert [p.name for p in groups[-1]["params"]] == ["proxyanchor.proxies"]
+    np.testing.assert_allclose(groups[-1]["lr"].asnumpy(), lr * 100, rtol=1e-6)
+    assert "lr" not in groups[0] and len(groups[0]["params"]) == 2 and len(groups) == 2  # no BatchNorm here
     # Without a multiple (or without parameters of its own) there is one group.
-    assert len(parameter_groups(backbone, loss, lr, 1.0)) == 3
+    assert len(parameter_groups(backbone, loss, lr, 1e-4, 1.0)) == 3
+
+
+class _ZeroLoss(nn.Cell):
+    """A loss with a parameter of its own and a zero gradient everywhere: an optimizer step is weight decay alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.proxies = ms.Parameter(ms.Tensor(np.ones((3, 2), np.float32)), name="zero.proxies")
+
+    def construct(self, out, label):
+        return (out.sum() + self.proxies.sum()) * 0.0
+
+
+@pytest.mark.parametrize("multiplier", [1.0, 100.0])
+def test_weight_decay_skips_batchnorm_with_and_without_a_proxy_group(multiplier):
+    """Grouped parameters (a proxy learning rate) must decay the same parameters as ungrouped ones: all but
+    BatchNorm's gamma and beta. (MindSpore's Momentum decays every parameter of a group given weight decay.)"""
+    net = nn.SequentialCell(nn.Conv2d(3, 4, 3, has_bias=True), nn.BatchNorm2d(4), nn.Flatten(), nn.Dense(4 * 8 * 8, 2))
+    loss = _ZeroLoss()
+    lr, wd = np.full(4, 0.1, np.float32), 0.5
+    before = {p.name: p.asnumpy().copy() for p in net.trainable_params() + loss.trainable_params()}
+    optimizer = nn.Momentum(parameter_groups(net, loss, lr, wd, multiplier), learning_rate=ms.Tensor(lr),
+                            momentum=0.0, weight_decay=wd)
+    step = nn.TrainOneStepCell(nn.WithLossCell(net, loss), optimizer)
+    step(ms.Tensor(np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)),
+         ms.Tensor(np.zeros(2, np.int32)))
+    after = {p.name: p.asnumpy() for p in net.trainable_params() + loss.trainable_params()}
+    for name, value in before.items():
+        if "gamma" in name or "beta" in name:
+            np.testing.assert_array_equal(after[name], value, err_msg=name)
+        else:
+            rate = 0.1 * (multiplier if name == "zero.proxies" else 1.0)
+            np.testing.assert_allclose(after[name], value * (1 - rate * wd), rtol=1e-5, atol=1e-7, err_msg=name)
 
 
 def test_stage_configs_carry_the_published_values():
