@@ -12,8 +12,8 @@ class MultiSimilarityloss(nn.Cell):
     With S the cosine similarities, for every anchor i over the mined positives P_i and negatives N_i:
     loss_i = 1/alpha * log(1 + sum_P exp(-alpha (S_ip - base))) + 1/beta * log(1 + sum_N exp(beta (S_in - base))),
     averaged over all anchors. The miner keeps a positive if S_ip - epsilon < max_n S_in and a negative if
-    S_in + epsilon > min_p S_ip (per anchor); epsilon None or negative (the config's -1): every pair. As the library does, the loss is 0
-    when the miner keeps at most one positive and one negative pair in the whole batch.
+    S_in + epsilon > min_p S_ip (per anchor); epsilon None or negative (the config's -1): every pair. As the
+    library does, the loss is 0 when the miner keeps at most one positive and one negative pair in the whole batch.
     """
 
     def __init__(self, alpha=2.0, beta=50.0, base=0.5, miner_epsilon=0.1):

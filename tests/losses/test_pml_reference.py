@@ -83,8 +83,8 @@ def test_value_and_gradient_equal_the_reference(case):
 
 def test_the_reference_covers_every_loss_and_the_edge_cases():
     prefixes = {case.rsplit("_", 1)[0] for case in CASES}
-    for name in ("multisimilarity", "multisimilarity_mined", "multisimilarity_allpairs", "proxyanchor", "normsoftmax", "arcmargin",
-                 "triplet_sum", "triplet_mean", "npairs", "eml_k2", "eml_k3"):
+    for name in ("multisimilarity", "multisimilarity_mined", "multisimilarity_allpairs", "proxyanchor", "normsoftmax",
+                 "arcmargin", "triplet_sum", "triplet_mean", "npairs", "eml_k2", "eml_k3"):
         assert name in prefixes, name
     # Batches where the miner keeps nothing: the library's loss and gradient are exactly 0.
     for case in ("multisimilarity_mined_nothing", "multisimilarity_mined_one_class"):

@@ -1,0 +1,626 @@
+"""Training parity with PyTorch: from the same start, on the same batches, does our training take PyTorch's steps?
+
+    python bench/parity_torch.py [--steps 20] [--image-size 64] [--batch 60] [--stages softmax triplet ...]
+                                 [--pth resnet50.pth] [--json OUT] [--markdown bench/parity_results.md]
+    python bench/parity_torch.py --write-fixture tests/fixtures/parity_reference.npz   (2 steps, 32 px, batch 12)
+
+PyTorch (torch==2.13.0, pytorch-metric-learning==2.9.0) is a benchmark-only dependency, as in bench_train.py.
+
+Start: torchvision's ResNet-50 layout with seeded random weights (tests/models/torchvision_reference.py's
+random_state_dict, He-normal convolutions, BatchNorm statistics of order one, an fc layer over the training
+classes) or a given .pth, written as a .pth and converted with `python -m src.convert_weights --with_fc` (the
+user's path; the checkpoint records backbone_padding: symmetric, i.e. torchvision's padding and BatchNorm eps).
+Batches: taken once from our data pipeline (create_dataset with the stage's sampler and augmentation, seed 1) on
+the demo photos, saved, and fed to both sides in the same order. Hyper-parameters: the stage's CPU config
+(momentum, weight decay, the per-step learning rates of get_lr over one epoch of `--steps` steps, label
+smoothing, margins, the proxy learning-rate multiple), with batch_size, image_size and class_num set here.
+
+Ours: src.training.trainer.build_training, the network, loss, nn.Momentum and Model that train.py runs, in graph
+mode. PyTorch: the torchvision module layout, the pytorch-metric-learning loss where the library has it
+(TripletMarginLoss on the consecutive triplets with squared L2 on normalised embeddings and a sum;
+MultiSimilarityLoss with MultiSimilarityMiner; ProxyAnchorLoss, its proxies set to ours' initial ones) and
+torch code for the others (label-smoothed cross-entropy, the seed's quadruplet), and torch.optim.SGD set to do
+what nn.Momentum does. Where the two conventions differ:
+  - BatchNorm momentum: MindSpore's 0.9 is the weight of the old moving statistic, torch's 0.1 that of the batch:
+    the same update, moving = 0.9 moving + 0.1 batch.
+  - Weight decay: nn.Momentum adds weight_decay * w to the gradient of every parameter whose name has neither
+    "gamma" nor "beta" (its default filter), i.e. not BatchNorm's scale and shift but the convolutions, the fc
+    weight and bias and a loss's proxies; torch.optim.SGD decays what its param group says, so BatchNorm's
+    weight and bias get a group with weight_decay 0.
+  - Momentum: both v = momentum v + (g + wd w), w -= lr v, the first step from v = 0 (torch starts its buffer at
+    g + wd w, the same); no dampening, no Nesterov (nn.Momentum's use_nesterov=False).
+  - Loss scale: ours multiplies the loss by loss_scale and the optimizer divides the gradients by it (1 on CPU,
+    the CPU config's, as train.py runs there); torch has none. Powers of two change no rounding.
+  - Learning rate per step: ours indexes its lr array by the global step; torch's param groups are set to the
+    same value before each step (proxies: times proxy_lr_multiplier).
+
+Printed per stage: the loss of every step on both sides, the largest relative difference of the losses, of
+every parameter and BatchNorm moving statistic after every step (max |ours - torch| / max |torch| per tensor)
+and of their change from the start (the same measure on w_t - w_0, which is what training did), and the first
+step at which the losses part by more than 1e-4 or a tensor by more than 1e-3, with the tensor. --json writes
+{"stages": {name: {"max_rel_loss_diff", "max_rel_param_diff", "max_rel_update_diff", "steps", ...}}}.
+"""
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+from src.runtime import env as runtime_env  # noqa: E402  (first: CPU dispatch and BLAS kernel, before numpy loads)
+
+# isort: split
+import argparse
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import zlib
+
+import numpy as np
+
+STAGES = ("softmax", "triplet", "quadruplet", "multisimilarity", "proxyanchor")
+PK_STAGES = ("quadruplet", "multisimilarity")
+# ours, the reference, and the reference with its convolutions computed by other kernels: how far two correct
+# float32 runs of the same steps drift apart (ReLU's kink turns rounding into a different gradient).
+SIDES = ("ms", "torch", "torch_native")
+LOSS_TOL, PARAM_TOL = 1e-4, 1e-3
+DATA = {"grid": 4, "test_regions": 3, "views": 10, "rotation": 180.0, "flip": True}
+# The suite's fixture: 2 steps at 32 px, batch 12, and a weight decay large enough (0.01) that a parameter decayed
+# on one side only changes its update by far more than rounding does (at the stages' 1e-4 it is 0.1% of one).
+FIXTURE = {"steps": 2, "image_size": 32, "batch": 12, "weight_decay": 0.01}
+PROJECTIONS = 8  # random projections per tensor in the fixture's digest of a training run
+
+
+def log(message):
+    print(message, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The shared start: data, batches, weights
+
+def stage_config(stage, image_size, batch, class_num, steps, **overrides):
+    """The stage's CPU config with this run's sizes (batch rounded down to the stage's layout)."""
+    from src.runtime.config import load_config
+
+    cfg = load_config(stage, "CPU")
+    cfg.update(overrides)
+    unit = 3 if stage == "triplet" else cfg.get("samples_each_class", 1) if stage in PK_STAGES else 1
+    cfg.update(batch_size=batch - batch % unit, image_size=image_size, class_num=class_num, epoch_size=1,
+               backbone_padding="symmetric", num_parallel_workers=1)
+    cfg["steps"] = steps
+    return cfg
+
+
+def build_photos(path, image_size):
+    from src.data.demo_photos import make_photo_dataset
+    from src.data.sop_lists import prepare_lists
+
+    if not os.path.exists(os.path.join(path, "train.txt")):
+        spec = dict(DATA)
+        make_photo_dataset(path + ".partial", spec.pop("grid"), spec.pop("views"), image_size, seed=0,
+                           test_regions=spec.pop("test_regions"), **spec)
+        prepare_lists(path + ".partial", path + ".partial")
+        os.replace(path + ".partial", path)
+    from src.data.image_list import read_image_list
+
+    return read_image_list(os.path.join(path, "train.txt"), path)
+
+
+def pipeline_batches(data, images, cfg, stage):
+    """The first cfg.steps batches our pipeline gives this stage ((images float32 NCHW, labels int32) each),
+    continuing into the next epochs' orders when one epoch has fewer."""
+    from src.data.dataset import create_dataset
+
+    batches, epoch = [], 0
+    while len(batches) < cfg.steps:
+        dataset = create_dataset(data, images, cfg.batch_size, cfg.image_size, stage, seed=cfg.seed,
+                                 start_epoch=epoch, num_parallel_workers=1, hflip=cfg.hflip,
+                                 samples_each_class=cfg.get("samples_each_class", 2),
+                                 crop_scale_min=cfg.crop_scale_min)
+        for row in dataset.create_tuple_iterator(num_epochs=1, output_numpy=True):
+            batches.append((row[0], row[1]))
+            if len(batches) == cfg.steps:
+                break
+        epoch += 1
+    return batches
+
+
+def start_weights(pth, classes, seed=0):
+    """{torchvision name: array}: a given .pth (read without torch) or random_state_dict(seed, classes)."""
+    if pth:
+        from src.models.torch_weights import read_weights
+
+        return {name: np.asarray(value) for name, value in read_weights(pth).items()}
+    from tests.models.torchvision_reference import random_state_dict
+
+    return random_state_dict(seed, classes=classes)
+
+
+def convert_in_process(state, ckpt):
+    """The converter's own functions (what `python -m src.convert_weights --with_fc` runs), for the test."""
+    from src.models.convert_weights import backbone_shapes, convert, save_converted
+
+    save_converted(convert(state, backbone_shapes(), with_fc=True, source="random"), ckpt, "random")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Ours
+
+def train_ours(stage, cfg, ckpt, batches, proxies=None, on_step=None):
+    """Train build_training's Model on `batches` from `ckpt`; on_step(step, loss, {name: array}) after each step.
+    Returns the initial {name: array} (parameters, moving statistics, the loss's own)."""
+    import mindspore as ms
+    import mindspore.dataset as mds
+    from mindspore.train import Callback
+
+    from src.models.checkpoint import load_strict
+    from src.runtime.context import init_context
+    from src.training.trainer import build_training
+
+    init_context("CPU")
+    ms.set_seed(cfg.seed)
+    setup = build_training(stage, cfg, len(batches))
+    load_strict(setup.network, ckpt)
+    if proxies is not None:
+        setup.loss.proxies.set_data(ms.Tensor(proxies))
+    cells = (setup.network, setup.loss)
+
+    def snapshot():
+        return {p.name: p.asnumpy().copy() for cell in cells for p in cell.get_parameters()}
+
+    class Steps(Callback):
+        def on_train_step_end(self, run_context):
+            args = run_context.original_args()
+            out = args.net_outputs
+            loss = float((out[0] if isinstance(out, (tuple, list)) else out).asnumpy())
+            if on_step:
+                on_step(args.cur_step_num, loss, snapshot())
+
+    start = snapshot()
+    source = [(np.asarray(x, np.float32), np.asarray(y, np.int32)) for x, y in batches]
+    dataset = mds.GeneratorDataset(source, ["image", "label"], shuffle=False)
+    setup.model.train(1, dataset, callbacks=[Steps()], dataset_sink_mode=False)
+    return start
+
+
+# ---------------------------------------------------------------------------------------------------------
+# PyTorch
+
+def torchvision_resnet50(torch, classes):
+    """torchvision's ResNet-50 (v1.5) module layout and names, written here (torchvision is not needed)."""
+    nn = torch.nn
+
+    class Bottleneck(nn.Module):
+        def __init__(self, cin, width, stride):
+            super().__init__()
+            mid = width // 4
+            self.conv1, self.bn1 = nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid)
+            self.conv2, self.bn2 = nn.Conv2d(mid, mid, 3, stride, 1, bias=False), nn.BatchNorm2d(mid)
+            self.conv3, self.bn3 = nn.Conv2d(mid, width, 1, bias=False), nn.BatchNorm2d(width)
+            self.relu = nn.ReLU()
+            self.downsample = None
+            if stride != 1 or cin != width:
+                self.downsample = nn.Sequential(nn.Conv2d(cin, width, 1, stride, bias=False), nn.BatchNorm2d(width))
+
+        def forward(self, x):
+            identity = x if self.downsample is None else self.downsample(x)
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.relu(self.bn2(self.conv2(out)))
+            return self.relu(self.bn3(self.conv3(out)) + identity)
+
+    class ResNet50(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64)
+            self.relu, self.maxpool = nn.ReLU(), nn.MaxPool2d(3, 2, 1)
+            cin = 64
+            layout = zip((3, 4, 6, 3), (256, 512, 1024, 2048), (1, 2, 2, 2), strict=True)
+            for i, (blocks, width, stride) in enumerate(layout, 1):
+                setattr(self, f"layer{i}", nn.Sequential(Bottleneck(cin, width, stride),
+                                                         *[Bottleneck(width, width, 1) for _ in range(blocks - 1)]))
+                cin = width
+            self.fc = nn.Linear(2048, classes)
+
+        def features(self, x):
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            return x.mean((2, 3))
+
+    return ResNet50()
+
+
+def torch_loss(torch, stage, cfg, proxies):
+    """(loss(model, images, labels), the loss's own parameters) as PyTorch / pytorch-metric-learning compute it."""
+    from pytorch_metric_learning import distances, losses, miners, reducers
+
+    if stage == "softmax":
+        s = cfg.label_smooth_factor
+
+        def softmax(model, x, y):
+            logits = model.fc(model.features(x))
+            target = torch.full_like(logits, s / (cfg.class_num - 1))
+            target.scatter_(1, y[:, None], 1.0 - s)
+            return -(target * torch.log_softmax(logits, 1)).sum(1).mean()
+        return softmax, []
+    if stage == "triplet":
+        lib = losses.TripletMarginLoss(margin=cfg.margin, distance=distances.LpDistance(power=2),
+                                       reducer=reducers.SumReducer())
+
+        def triplet(model, x, y):
+            rows = torch.arange(0, len(y), 3)
+            return lib(model.features(x), y, (rows, rows + 1, rows + 2))
+        return triplet, []
+    if stage == "quadruplet":
+        def quadruplet(model, x, y):  # the seed's margin sample mining; the library has no such loss
+            e = torch.nn.functional.normalize(model.features(x), dim=1)
+            d = torch.cdist(e, e) ** 2
+            same = y[:, None] == y[None, :]
+            pos = same & ~torch.eye(len(y), dtype=torch.bool)
+            return torch.relu(d[pos].max() - d[~same].min() + cfg.margin)
+        return quadruplet, []
+    if stage == "multisimilarity":
+        lib = losses.MultiSimilarityLoss(alpha=cfg.alpha, beta=cfg.beta, base=cfg.base)
+        miner = miners.MultiSimilarityMiner(epsilon=cfg.miner_epsilon) if cfg.miner_epsilon >= 0 else None
+
+        def multisimilarity(model, x, y):
+            e = model.features(x)
+            return lib(e, y, miner(e, y)) if miner else lib(e, y)
+        return multisimilarity, []
+    if stage == "proxyanchor":
+        lib = losses.ProxyAnchorLoss(cfg.class_num, proxies.shape[1], margin=cfg.margin, alpha=cfg.alpha)
+        lib.proxies.data = torch.tensor(proxies)
+
+        def proxyanchor(model, x, y):
+            return lib(model.features(x), y)
+        return proxyanchor, [lib.proxies]
+    raise ValueError(stage)
+
+
+def train_torch(stage, cfg, state, batches, lr, proxies=None, on_step=None, native_conv=False):
+    """PyTorch's steps from `state` (torchvision names) on `batches`; on_step(step, loss, {our name: array}).
+    native_conv: convolutions by PyTorch's own kernels instead of oneDNN's (the same steps, rounded otherwise)."""
+    import torch
+
+    torch.backends.mkldnn.enabled = not native_conv
+    from src.models.convert_weights import our_name
+
+    torch.manual_seed(0)
+    model = torchvision_resnet50(torch, cfg.class_num)
+    model.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in state.items()})
+    model.train()
+    loss_fn, own = torch_loss(torch, stage, cfg, proxies)
+    bn = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
+    network = [p for p in model.parameters() if id(p) not in bn]
+    if stage != "softmax":  # the metric stages train the backbone alone (no fc)
+        network = [p for n, p in model.named_parameters() if id(p) not in bn and not n.startswith("fc.")]
+    groups = [{"params": network, "weight_decay": cfg.weight_decay, "scale": 1.0},
+              {"params": [p for p in model.parameters() if id(p) in bn], "weight_decay": 0.0, "scale": 1.0}]
+    if own:
+        groups.append({"params": own, "weight_decay": cfg.weight_decay, "scale": cfg.proxy_lr_multiplier})
+    optimizer = torch.optim.SGD(groups, lr=float(lr[0]), momentum=cfg.momentum, dampening=0.0, nesterov=False)
+    own_names = {"proxyanchor": "proxyanchor.proxies"}
+
+    def snapshot():
+        out = {}
+        for name, value in model.state_dict().items():
+            ours = our_name(name)
+            if ours and (stage == "softmax" or not ours.startswith("fc.")):
+                out[ours] = value.detach().numpy().copy()
+        for p in own:
+            out[own_names[stage]] = p.detach().numpy().copy()
+        return out
+
+    start = snapshot()
+    for step, (x, y) in enumerate(batches):
+        for group in optimizer.param_groups:
+            group["lr"] = float(lr[step]) * group["scale"]
+        optimizer.zero_grad()
+        loss = loss_fn(model, torch.tensor(np.asarray(x, np.float32)), torch.tensor(np.asarray(y, np.int64)))
+        loss.backward()
+        optimizer.step()
+        if on_step:
+            on_step(step + 1, float(loss.detach()), snapshot())
+    return start
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Comparison
+
+def max_rel(a, b):
+    """max |a - b| / max |b| (0 where both are 0)."""
+    scale = float(np.abs(b).max()) if b.size else 0.0
+    diff = float(np.abs(a - b).max()) if a.size else 0.0
+    return diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
+
+
+def compare_states(ours, theirs, ours0, theirs0):
+    """(worst parameter diff, its tensor, worst update diff, its tensor) over the tensors both sides have."""
+    if set(ours) != set(theirs):
+        raise KeyError(f"tensors differ: ours only {sorted(set(ours) - set(theirs))[:5]}, "
+                       f"torch only {sorted(set(theirs) - set(ours))[:5]}")
+    params = {n: max_rel(ours[n], theirs[n]) for n in ours}
+    updates = {n: max_rel(ours[n] - ours0[n], theirs[n] - theirs0[n]) for n in ours
+               if np.abs(theirs[n] - theirs0[n]).max() > 0}
+    worst_p = max(params, key=params.get)
+    worst_u = max(updates, key=updates.get) if updates else None
+    return params[worst_p], worst_p, (updates[worst_u] if worst_u else 0.0), worst_u
+
+
+def rel_loss(a, b):
+    return abs(a - b) / abs(b) if b != 0 else (0.0 if a == 0 else float("inf"))
+
+
+def projection_digest(name, delta, start):
+    """A tensor's change `delta` from `start` in PROJECTIONS + 3 numbers: random projections (seeded by the tensor's
+    name), |delta|, the component of delta along start (where weight decay acts: -lr wd |start|), |start|."""
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    flat, w = np.asarray(delta, np.float64).reshape(-1), np.asarray(start, np.float64).reshape(-1)
+    vectors = rng.standard_normal((PROJECTIONS, flat.size))
+    norm_w = np.linalg.norm(w)
+    along = flat @ w / norm_w if norm_w > 0 else 0.0
+    return np.concatenate([vectors @ flat, [np.linalg.norm(flat), along, norm_w]])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Workers (one process per framework and stage: torch and MindSpore each bring their own threads and oneDNN)
+
+def worker(side, job_path):
+    with open(job_path) as f:
+        job = json.load(f)
+    from src.runtime.config import Config
+
+    cfg = Config(job["cfg"])
+    inputs = np.load(job["inputs"])
+    batches = [(inputs[f"x{i}"], inputs[f"y{i}"]) for i in range(cfg.steps)]
+    proxies = inputs["proxies"] if "proxies" in inputs.files else None
+    losses = []
+
+    def on_step(step, loss, state):
+        losses.append(loss)
+        np.savez(os.path.join(job["out"], f"{side}_step{step:03d}.npz"), **state)
+
+    if side == "ms":
+        start = train_ours(job["stage"], cfg, job["ckpt"], batches, proxies, on_step)
+    else:
+        state = dict(np.load(job["state"]))
+        start = train_torch(job["stage"], cfg, state, batches, inputs["lr"], proxies, on_step,
+                            native_conv=side == "torch_native")
+    np.savez(os.path.join(job["out"], f"{side}_step000.npz"), **start)
+    np.save(os.path.join(job["out"], f"{side}_losses.npy"), np.array(losses))
+
+
+def run_worker(side, job_path):
+    env = dict(os.environ, PYTHONPATH=ROOT, GLOG_v="3", PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", side, job_path], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{side} worker failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+
+
+def initial_proxies(cfg, seed=0):
+    """Proxy-Anchor's initial proxies, given to both sides: He-normal (fan out), as ours draws them, but from numpy
+    so that the suite's fixture needs only the seed."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((cfg.class_num, 2048)) * np.sqrt(2.0 / cfg.class_num)).astype(np.float32)
+
+
+def run_stage(stage, args, data, images, state, ckpt, work, sides=SIDES):
+    classes = state["fc.weight"].shape[0]
+    cfg = stage_config(stage, args.image_size, args.batch, classes, args.steps, **getattr(args, "overrides", {}))
+    from src.training.lr_generator import get_lr
+
+    lr = get_lr(cfg.lr_init, cfg.lr_end, cfg.lr_max, cfg.warmup_epochs, 1, cfg.steps, cfg.lr_decay_mode)
+    batches = pipeline_batches(data, images, cfg, stage)
+    out = os.path.join(work, stage)
+    os.makedirs(out, exist_ok=True)
+    inputs = {f"x{i}": x for i, (x, _) in enumerate(batches)} | {f"y{i}": y for i, (_, y) in enumerate(batches)}
+    inputs["lr"] = lr
+    if stage == "proxyanchor":
+        inputs["proxies"] = initial_proxies(cfg)
+    np.savez(os.path.join(out, "inputs.npz"), **inputs)
+    job = {"stage": stage, "cfg": dict(cfg), "inputs": os.path.join(out, "inputs.npz"), "ckpt": ckpt,
+           "state": os.path.join(work, "state.npz"), "out": out}
+    with open(os.path.join(out, "job.json"), "w") as f:
+        json.dump(job, f)
+    timing = {}
+    for side in sides:
+        t0 = time.perf_counter()
+        run_worker(side, os.path.join(out, "job.json"))
+        timing[side] = time.perf_counter() - t0
+    return cfg, inputs, out, timing
+
+
+def compare_stage(stage, cfg, out, timing, side="ms"):
+    """How `side`'s run of the stage compares with PyTorch's, step by step."""
+    ours_losses, torch_losses = np.load(f"{out}/{side}_losses.npy"), np.load(f"{out}/torch_losses.npy")
+    ours0, torch0 = dict(np.load(f"{out}/{side}_step000.npz")), dict(np.load(f"{out}/torch_step000.npz"))
+    start_diff = compare_states(ours0, torch0, ours0, torch0)[0]
+    rows, parted = [], None
+    for step in range(1, cfg.steps + 1):
+        ours = dict(np.load(f"{out}/{side}_step{step:03d}.npz"))
+        theirs = dict(np.load(f"{out}/torch_step{step:03d}.npz"))
+        p, p_name, u, u_name = compare_states(ours, theirs, ours0, torch0)
+        loss_diff = rel_loss(ours_losses[step - 1], torch_losses[step - 1])
+        rows.append({"step": step, "loss_ours": float(ours_losses[step - 1]),
+                     "loss_torch": float(torch_losses[step - 1]), "rel_loss_diff": loss_diff,
+                     "rel_param_diff": p, "param": p_name, "rel_update_diff": u, "update": u_name})
+        if parted is None and (loss_diff > LOSS_TOL or p > PARAM_TOL):
+            parted = {"step": step, "what": "loss" if loss_diff > LOSS_TOL else p_name}
+    final = rows[-1]
+    return {"steps": cfg.steps, "batch_size": cfg.batch_size, "image_size": cfg.image_size,
+            "start_param_diff": start_diff, "step1_rel_loss_diff": rows[0]["rel_loss_diff"],
+            "step1_rel_param_diff": rows[0]["rel_param_diff"],
+            "max_rel_loss_diff": max(r["rel_loss_diff"] for r in rows),
+            "max_rel_param_diff": max(r["rel_param_diff"] for r in rows),
+            "max_rel_param_diff_tensor": max(rows, key=lambda r: r["rel_param_diff"])["param"],
+            "max_rel_update_diff": final["rel_update_diff"], "max_rel_update_diff_tensor": final["update"],
+            "first_parting": parted, "seconds": timing, "per_step": rows}
+
+
+def markdown(results, header):
+    def parted(r):
+        return f"{r['first_parting']['step']} ({r['first_parting']['what']})" if r["first_parting"] else "none"
+
+    lines = [header, "",
+             "Each cell: ours against PyTorch / PyTorch with its native convolutions against PyTorch (oneDNN's).", "",
+             "| stage | steps | batch | step 1: rel loss diff | step 1: max rel param diff | all steps: max rel loss "
+             "diff | all steps: max rel param diff (ours' worst tensor) | first step beyond 1e-4 / 1e-3 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for stage, r in results.items():
+        f = r["torch_native"]
+        lines.append(f"| {stage} | {r['steps']} | {r['batch_size']} | {r['step1_rel_loss_diff']:.1e} / "
+                     f"{f['step1_rel_loss_diff']:.1e} | {r['step1_rel_param_diff']:.1e} / "
+                     f"{f['step1_rel_param_diff']:.1e} | {r['max_rel_loss_diff']:.1e} / {f['max_rel_loss_diff']:.1e} | "
+                     f"{r['max_rel_param_diff']:.1e} / {f['max_rel_param_diff']:.1e} "
+                     f"({r['max_rel_param_diff_tensor']}) | {parted(r)} / {parted(f)} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The fixture the suite checks without torch
+
+def to_uint8(images):
+    """The pipeline's uint8 pixels back from its normalised float32 batch (exact: checked by from_uint8)."""
+    from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    return np.rint(images * IMAGENET_STD[:, None, None] + IMAGENET_MEAN[:, None, None]).astype(np.uint8)
+
+
+def from_uint8(pixels):
+    """normalize_chw's arithmetic on stored NCHW uint8 pixels: the pipeline's float32 batch, bit for bit."""
+    from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    out = pixels.astype(np.float32)
+    out -= IMAGENET_MEAN[:, None, None]
+    out /= IMAGENET_STD[:, None, None]
+    return out
+
+
+def digests(states):
+    """(tensor names, float32 array steps x tensors x (PROJECTIONS + 1)): the projection digest of every tensor's
+    change from step 0 after each step of a run's snapshots."""
+    names = sorted(states[0])
+    return names, np.array([[projection_digest(name, state[name] - states[0][name], states[0][name])
+                             for name in names] for state in states[1:]], np.float32)
+
+
+def write_fixture(path, work, data, images):
+    """Run the FIXTURE sizes for every stage, and keep the batches (uint8), PyTorch's losses and a digest of its
+    change of every tensor after each step: what tests/training/test_parity.py needs to train ours and compare,
+    without torch."""
+    state = start_weights(None, images.num_classes)
+    np.savez(os.path.join(work, "state.npz"), **state)
+    ckpt = os.path.join(work, "start.ckpt")
+    convert_in_process(state, ckpt)
+    args = argparse.Namespace(steps=FIXTURE["steps"], image_size=FIXTURE["image_size"], batch=FIXTURE["batch"],
+                              overrides={"weight_decay": FIXTURE["weight_decay"]})
+    fixture = {"classes": np.int64(images.num_classes), "versions": np.array(versions())}
+    for stage in STAGES:
+        cfg, inputs, out, timing = run_stage(stage, args, data, images, state, ckpt, work)
+        for side in ("ms", "torch_native"):
+            r = compare_stage(stage, cfg, out, timing, side=side)
+            diffs = ", ".join(f"{row['rel_loss_diff']:.1e}" for row in r["per_step"])
+            log(f"{stage} {side} vs torch: relative loss differences per step {diffs}")
+        for key, value in inputs.items():
+            if key == "proxies":  # initial_proxies(cfg) draws them again
+                continue
+            if key.startswith("x"):
+                value = to_uint8(value)
+                assert np.array_equal(from_uint8(value), inputs[key]), "uint8 round trip is not exact"
+            fixture[f"{stage}/{key}"] = value
+        for side in SIDES:
+            states = [dict(np.load(f"{out}/{side}_step{i:03d}.npz")) for i in range(cfg.steps + 1)]
+            fixture[f"{stage}/{side}/losses"] = np.load(f"{out}/{side}_losses.npy")
+            fixture[f"{stage}/names"], fixture[f"{stage}/{side}/digests"] = digests(states)
+        shutil.rmtree(out)
+    np.savez_compressed(path, **fixture)
+    log(f"wrote {path} ({os.path.getsize(path)} bytes)")
+
+
+def versions():
+    import mindspore
+    import pytorch_metric_learning
+    import torch
+
+    return [f"torch {torch.__version__}", f"pytorch-metric-learning {pytorch_metric_learning.__version__}",
+            f"mindspore {mindspore.__version__}", f"cpu {runtime_env.cpu_class()}"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=60, help="batch size, rounded down to the stage's layout")
+    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    parser.add_argument("--pth", help="start from these torchvision weights instead of seeded random ones")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--markdown", help="write the table here (e.g. bench/parity_results.md)")
+    parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "metric_learn_parity_data"))
+    parser.add_argument("--work-dir", help="scratch folder (default: a temporary one, removed at the end)")
+    parser.add_argument("--write-fixture", metavar="NPZ", help="write the suite's fixture (2 steps, 32 px, batch 12)")
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        return worker(*args.worker)
+    from src.runtime.log import setup_logging
+
+    setup_logging()
+    work = args.work_dir or tempfile.mkdtemp(prefix="parity_")
+    os.makedirs(work, exist_ok=True)
+    try:
+        size = FIXTURE["image_size"] if args.write_fixture else args.image_size
+        data = f"{args.data_dir}_{size}"
+        images = build_photos(data, size)
+        if args.write_fixture:
+            return write_fixture(args.write_fixture, work, data, images)
+        state = start_weights(args.pth, images.num_classes)
+        np.savez(os.path.join(work, "state.npz"), **state)
+        pth, ckpt = os.path.join(work, "start.pth"), os.path.join(work, "start.ckpt")
+        from tests.models.torchvision_reference import write_pth
+
+        write_pth(pth, state)
+        subprocess.run([sys.executable, "-m", "src.convert_weights", pth, ckpt, "--with_fc"], cwd=ROOT, check=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT, GLOG_v="3"), capture_output=True)
+        results = {}
+        for stage in args.stages:
+            cfg, _, out, timing = run_stage(stage, args, data, images, state, ckpt, work)
+            results[stage] = r = compare_stage(stage, cfg, out, timing)
+            floor = compare_stage(stage, cfg, out, timing, side="torch_native")
+            r["torch_native"] = {k: v for k, v in floor.items() if k != "per_step"}
+            for row in r["per_step"]:
+                log(f"{stage} step {row['step']:2d}: loss ours {row['loss_ours']:.7g} torch {row['loss_torch']:.7g} "
+                    f"(rel {row['rel_loss_diff']:.1e}); params {row['rel_param_diff']:.1e} ({row['param']}); "
+                    f"update {row['rel_update_diff']:.1e} ({row['update']})")
+            log(f"{stage}: max rel loss diff {r['max_rel_loss_diff']:.2e}, max rel param diff "
+                f"{r['max_rel_param_diff']:.2e}, first parting {r['first_parting']}; PyTorch with its native "
+                f"convolutions against PyTorch: {floor['max_rel_loss_diff']:.2e}, {floor['max_rel_param_diff']:.2e}, "
+                f"first parting {floor['first_parting']}; {timing}")
+            shutil.rmtree(out)
+        header = (f"{runtime_env.cpu_class()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}; "
+                  f"{args.steps} steps at {args.image_size} px, float32, CPU; " + "; ".join(versions()[:3]))
+        table = markdown(results, header)
+        log(table)
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write(table)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"stages": results, "header": header}, f, indent=1)
+        met = all(r["max_rel_loss_diff"] <= LOSS_TOL and r["max_rel_param_diff"] <= PARAM_TOL
+                  for r in results.values())
+        log("targets (loss <= 1e-4, params <= 1e-3): " + ("met" if met else "NOT met"))
+        return 0 if met else 1
+    finally:
+        if not args.work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
