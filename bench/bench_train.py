@@ -274,57 +274,18 @@ def run_ms_eval(job):
 
 
 def torch_resnet50():
-    """ResNet-50 v1.5 in PyTorch, the same layers, BN settings and initialisation as src/models/resnet.py."""
+    """ResNet-50 v1.5 in PyTorch with the BN eps and initialisation of src/models/resnet.py's "same" convention
+    (He-normal fan-out convolutions, the last BatchNorm of each block at gamma 0)."""
     import torch
-    from torch import nn
+    from torch_resnet import torchvision_resnet50
 
-    def conv(cin, cout, k, stride=1):
-        layer = nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False)
-        nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
-        return layer
-
-    def bn(c, last=False):
-        layer = nn.BatchNorm2d(c, eps=1e-4, momentum=0.1)  # MindSpore momentum 0.9 == torch 0.1
-        if last:
-            nn.init.zeros_(layer.weight)
-        return layer
-
-    class Bottleneck(nn.Module):
-        def __init__(self, cin, cout, stride=1):
-            super().__init__()
-            mid = cout // 4
-            self.conv1, self.bn1 = conv(cin, mid, 1), bn(mid)
-            self.conv2, self.bn2 = conv(mid, mid, 3, stride), bn(mid)
-            self.conv3, self.bn3 = conv(mid, cout, 1), bn(cout, last=True)
-            self.relu = nn.ReLU(inplace=True)
-            self.down = None
-            if stride != 1 or cin != cout:
-                self.down = nn.Sequential(conv(cin, cout, 1, stride), bn(cout))
-
-        def forward(self, x):
-            identity = x if self.down is None else self.down(x)
-            out = self.relu(self.bn1(self.conv1(x)))
-            out = self.relu(self.bn2(self.conv2(out)))
-            return self.relu(self.bn3(self.conv3(out)) + identity)
-
-    class ResNet50(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1, self.bn1 = conv(3, 64, 7, 2), bn(64)
-            self.relu = nn.ReLU(inplace=True)
-            self.maxpool = nn.MaxPool2d(3, 2, padding=1)
-            layers, cin = [], 64
-            for blocks, width, stride in zip((3, 4, 6, 3), (256, 512, 1024, 2048), (1, 2, 2, 2), strict=True):
-                layers.append(nn.Sequential(Bottleneck(cin, width, stride),
-                                            *[Bottleneck(width, width) for _ in range(blocks - 1)]))
-                cin = width
-            self.layers = nn.Sequential(*layers)
-
-        def forward(self, x):
-            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-            return torch.flatten(self.layers(x).mean((2, 3)), 1)
-
-    return ResNet50()
+    model = torchvision_resnet50(torch, eps=1e-4)
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif name.endswith("bn3"):
+            torch.nn.init.zeros_(module.weight)
+    return model
 
 
 def torch_triplet_loss(torch, emb, margin):

@@ -58,6 +58,7 @@ import time
 import zlib
 
 import numpy as np
+from torch_resnet import torchvision_resnet50
 
 STAGES = ("softmax", "triplet", "quadruplet", "multisimilarity", "proxyanchor")
 PK_STAGES = ("quadruplet", "multisimilarity")
@@ -186,49 +187,6 @@ def train_ours(stage, cfg, ckpt, batches, proxies=None, on_step=None):
 
 # ---------------------------------------------------------------------------------------------------------
 # PyTorch
-
-def torchvision_resnet50(torch, classes):
-    """torchvision's ResNet-50 (v1.5) module layout and names, written here (torchvision is not needed)."""
-    nn = torch.nn
-
-    class Bottleneck(nn.Module):
-        def __init__(self, cin, width, stride):
-            super().__init__()
-            mid = width // 4
-            self.conv1, self.bn1 = nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid)
-            self.conv2, self.bn2 = nn.Conv2d(mid, mid, 3, stride, 1, bias=False), nn.BatchNorm2d(mid)
-            self.conv3, self.bn3 = nn.Conv2d(mid, width, 1, bias=False), nn.BatchNorm2d(width)
-            self.relu = nn.ReLU()
-            self.downsample = None
-            if stride != 1 or cin != width:
-                self.downsample = nn.Sequential(nn.Conv2d(cin, width, 1, stride, bias=False), nn.BatchNorm2d(width))
-
-        def forward(self, x):
-            identity = x if self.downsample is None else self.downsample(x)
-            out = self.relu(self.bn1(self.conv1(x)))
-            out = self.relu(self.bn2(self.conv2(out)))
-            return self.relu(self.bn3(self.conv3(out)) + identity)
-
-    class ResNet50(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1, self.bn1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64)
-            self.relu, self.maxpool = nn.ReLU(), nn.MaxPool2d(3, 2, 1)
-            cin = 64
-            layout = zip((3, 4, 6, 3), (256, 512, 1024, 2048), (1, 2, 2, 2), strict=True)
-            for i, (blocks, width, stride) in enumerate(layout, 1):
-                setattr(self, f"layer{i}", nn.Sequential(Bottleneck(cin, width, stride),
-                                                         *[Bottleneck(width, width, 1) for _ in range(blocks - 1)]))
-                cin = width
-            self.fc = nn.Linear(2048, classes)
-
-        def features(self, x):
-            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-            return x.mean((2, 3))
-
-    return ResNet50()
-
 
 def torch_loss(torch, stage, cfg, proxies):
     """(loss(model, images, labels), the loss's own parameters) as PyTorch / pytorch-metric-learning compute it."""
