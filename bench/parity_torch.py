@@ -156,10 +156,9 @@ def train_ours(stage, cfg, ckpt, batches, proxies=None, on_step=None):
     from mindspore.train import Callback
 
     from src.models.checkpoint import load_strict
-    from src.runtime.context import init_context
     from src.training.trainer import build_training
 
-    init_context("CPU")
+    ms.set_context(mode=ms.GRAPH_MODE)  # the device: the worker's init_context, or the test process's CPU
     ms.set_seed(cfg.seed)
     setup = build_training(stage, cfg, len(batches))
     load_strict(setup.network, ckpt)
@@ -339,6 +338,9 @@ def worker(side, job_path):
         np.savez(os.path.join(job["out"], f"{side}_step{step:03d}.npz"), **state)
 
     if side == "ms":
+        from src.runtime.context import init_context
+
+        init_context("CPU")
         start = train_ours(job["stage"], cfg, job["ckpt"], batches, proxies, on_step)
     else:
         state = dict(np.load(job["state"]))
@@ -540,10 +542,11 @@ def main(argv=None):
             return write_fixture(args.write_fixture, work, data, images)
         state = start_weights(args.pth, images.num_classes)
         np.savez(os.path.join(work, "state.npz"), **state)
-        pth, ckpt = os.path.join(work, "start.pth"), os.path.join(work, "start.ckpt")
-        from tests.models.torchvision_reference import write_pth
+        pth, ckpt = args.pth or os.path.join(work, "start.pth"), os.path.join(work, "start.ckpt")
+        if not args.pth:
+            from tests.models.torchvision_reference import write_pth
 
-        write_pth(pth, state)
+            write_pth(pth, state)
         subprocess.run([sys.executable, "-m", "src.convert_weights", pth, ckpt, "--with_fc"], cwd=ROOT, check=True,
                        env=dict(os.environ, PYTHONPATH=ROOT, GLOG_v="3"), capture_output=True)
         results = {}
