@@ -391,31 +391,35 @@ def run_stage(stage, args, data, images, state, ckpt, work, sides=SIDES):
     return cfg, inputs, out, timing
 
 
-def compare_stage(stage, cfg, out, timing, side="ms"):
-    """How `side`'s run of the stage compares with PyTorch's, step by step."""
-    ours_losses, torch_losses = np.load(f"{out}/{side}_losses.npy"), np.load(f"{out}/torch_losses.npy")
-    ours0, torch0 = dict(np.load(f"{out}/{side}_step000.npz")), dict(np.load(f"{out}/torch_step000.npz"))
-    start_diff = compare_states(ours0, torch0, ours0, torch0)[0]
-    rows, parted = [], None
+def compare_stage(stage, cfg, out, timing, sides=("ms", "torch_native")):
+    """{side: how that run of the stage compares with PyTorch's, step by step} (PyTorch's snapshots read once)."""
+    torch_losses, torch0 = np.load(f"{out}/torch_losses.npy"), dict(np.load(f"{out}/torch_step000.npz"))
+    runs = {side: {"losses": np.load(f"{out}/{side}_losses.npy"), "start": dict(np.load(f"{out}/{side}_step000.npz")),
+                   "rows": [], "parted": None} for side in sides}
     for step in range(1, cfg.steps + 1):
-        ours = dict(np.load(f"{out}/{side}_step{step:03d}.npz"))
         theirs = dict(np.load(f"{out}/torch_step{step:03d}.npz"))
-        p, p_name, u, u_name = compare_states(ours, theirs, ours0, torch0)
-        loss_diff = rel_loss(ours_losses[step - 1], torch_losses[step - 1])
-        rows.append({"step": step, "loss_ours": float(ours_losses[step - 1]),
-                     "loss_torch": float(torch_losses[step - 1]), "rel_loss_diff": loss_diff,
-                     "rel_param_diff": p, "param": p_name, "rel_update_diff": u, "update": u_name})
-        if parted is None and (loss_diff > LOSS_TOL or p > PARAM_TOL):
-            parted = {"step": step, "what": "loss" if loss_diff > LOSS_TOL else p_name}
-    final = rows[-1]
-    return {"steps": cfg.steps, "batch_size": cfg.batch_size, "image_size": cfg.image_size,
-            "start_param_diff": start_diff, "step1_rel_loss_diff": rows[0]["rel_loss_diff"],
-            "step1_rel_param_diff": rows[0]["rel_param_diff"],
+        for side, run in runs.items():
+            ours = dict(np.load(f"{out}/{side}_step{step:03d}.npz"))
+            p, p_name, u, u_name = compare_states(ours, theirs, run["start"], torch0)
+            loss_diff = rel_loss(run["losses"][step - 1], torch_losses[step - 1])
+            run["rows"].append({"step": step, "loss_ours": float(run["losses"][step - 1]),
+                                "loss_torch": float(torch_losses[step - 1]), "rel_loss_diff": loss_diff,
+                                "rel_param_diff": p, "param": p_name, "rel_update_diff": u, "update": u_name})
+            if run["parted"] is None and (loss_diff > LOSS_TOL or p > PARAM_TOL):
+                run["parted"] = {"step": step, "what": "loss" if loss_diff > LOSS_TOL else p_name}
+    results = {}
+    for side, run in runs.items():
+        rows, final = run["rows"], run["rows"][-1]
+        results[side] = {
+            "steps": cfg.steps, "batch_size": cfg.batch_size, "image_size": cfg.image_size,
+            "start_param_diff": compare_states(run["start"], torch0, run["start"], torch0)[0],
+            "step1_rel_loss_diff": rows[0]["rel_loss_diff"], "step1_rel_param_diff": rows[0]["rel_param_diff"],
             "max_rel_loss_diff": max(r["rel_loss_diff"] for r in rows),
             "max_rel_param_diff": max(r["rel_param_diff"] for r in rows),
             "max_rel_param_diff_tensor": max(rows, key=lambda r: r["rel_param_diff"])["param"],
             "max_rel_update_diff": final["rel_update_diff"], "max_rel_update_diff_tensor": final["update"],
-            "first_parting": parted, "seconds": timing, "per_step": rows}
+            "first_parting": run["parted"], "seconds": timing, "per_step": rows}
+    return results
 
 
 def markdown(results, header):
@@ -478,8 +482,7 @@ def write_fixture(path, work, data, images):
     fixture = {"classes": np.int64(images.num_classes), "versions": np.array(versions())}
     for stage in STAGES:
         cfg, inputs, out, timing = run_stage(stage, args, data, images, state, ckpt, work)
-        for side in ("ms", "torch_native"):
-            r = compare_stage(stage, cfg, out, timing, side=side)
+        for side, r in compare_stage(stage, cfg, out, timing).items():
             diffs = ", ".join(f"{row['rel_loss_diff']:.1e}" for row in r["per_step"])
             log(f"{stage} {side} vs torch: relative loss differences per step {diffs}")
         for key, value in inputs.items():
@@ -552,8 +555,9 @@ def main(argv=None):
         results = {}
         for stage in args.stages:
             cfg, _, out, timing = run_stage(stage, args, data, images, state, ckpt, work)
-            results[stage] = r = compare_stage(stage, cfg, out, timing)
-            floor = compare_stage(stage, cfg, out, timing, side="torch_native")
+            compared = compare_stage(stage, cfg, out, timing)
+            results[stage] = r = compared["ms"]
+            floor = compared["torch_native"]
             r["torch_native"] = {k: v for k, v in floor.items() if k != "per_step"}
             for row in r["per_step"]:
                 log(f"{stage} step {row['step']:2d}: loss ours {row['loss_ours']:.7g} torch {row['loss_torch']:.7g} "
