@@ -36,7 +36,7 @@ def create_loss(loss_name, cfg):
     if loss_name == "triplet":
         return Tripletloss(margin=cfg.margin, reduction=cfg.loss_reduction)
     if loss_name == "quadruplet":
-        return Quadrupletloss(margin=cfg.margin, samples_each_class=cfg.samples_each_class)
+        return Quadrupletloss(margin=cfg.margin, samples_each_class=cfg.samples_each_class, mining=cfg.mining)
     if loss_name == "multisimilarity":
         return MultiSimilarityloss(cfg.alpha, cfg.beta, cfg.base, miner_epsilon=cfg.miner_epsilon)
     if loss_name == "proxyanchor":

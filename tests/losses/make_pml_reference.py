@@ -160,6 +160,17 @@ def main():
             x = 0.5 * rng.standard_normal((len(labels), DIM))
             loss, grads = run(Formula(paddle_eml, k=k), x, labels)
             add(f"eml_k{k}_{seed}", x, labels, loss, grads)
+    # The quadruplet loss with mining="anchor": per anchor its hardest positive and negative (BatchHardMiner, squared
+    # L2 on normalised embeddings), the triplet hinge averaged over the anchors (MeanReducer). P x K batches, and one
+    # with a single-image class (an anchor without positives, left out).
+    for seed, labels in ((0, np.repeat([0, 3, 4, 5], 3)), (1, np.repeat([1, 2, 3, 5, 0], 2)),
+                         (2, np.array([0, 0, 0, 1, 1, 2, 2, 2, 4]))):
+        rng = np.random.default_rng(40 + seed)
+        x = rng.standard_normal((len(labels), DIM))
+        sq_l2 = distances.LpDistance(power=2)
+        loss, grads = run(losses.TripletMarginLoss(margin=0.1, distance=sq_l2, reducer=reducers.MeanReducer()), x,
+                          labels, miner=miners.BatchHardMiner(distance=sq_l2))
+        add(f"quadruplet_anchor_{seed}", x, labels, loss, grads)
     # All pairs on a 6 classes x 4 images batch (the README's miner_epsilon -1).
     rng = np.random.default_rng(30)
     labels = np.repeat(rng.choice(N_CLASSES, 6, replace=False), 4)

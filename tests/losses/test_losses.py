@@ -55,6 +55,20 @@ def quadruplet_ref(x, labels, margin):
     return max(max(pos) - min(neg) + margin, 0.0)
 
 
+def quadruplet_anchor_ref(x, labels, margin):
+    """Per anchor: its farthest positive against its nearest negative, averaged over anchors with both."""
+    y = normalize(x)
+    labels = np.asarray(labels)
+    hinges = []
+    for i in range(len(y)):
+        d = ((y - y[i]) ** 2).sum(1)
+        positives = (labels == labels[i]) & (np.arange(len(y)) != i)
+        negatives = labels != labels[i]
+        if positives.any() and negatives.any():
+            hinges.append(max(d[positives].max() - d[negatives].min() + margin, 0.0))
+    return float(np.mean(hinges))
+
+
 def softmax_ref(logits, labels, num_classes, smooth):
     target = np.full((len(labels), num_classes), smooth / (num_classes - 1))
     target[np.arange(len(labels)), labels] = 1.0 - smooth
@@ -252,6 +266,19 @@ def test_quadruplet_zero_embedding_is_finite():
     assert_grad_close(grad, numeric_grad(lambda z: quadruplet_ref(z, labels, 0.1), x.copy(), h=1e-10))
 
 
+@pytest.mark.parametrize("labels", [PK_LABELS, [2, 0, 2, 1, 0, 2, 1, 3]], ids=["pk", "any_layout"])
+def test_quadruplet_per_anchor_mining_value_and_gradient(labels):
+    # Label 3 of the second layout has one image: an anchor without positives, left out of the mean.
+    x = np.random.default_rng(12).normal(size=(8, 6))
+    value, grad = ms_value_and_grad(Quadrupletloss(margin=0.5, mining="anchor"), x, labels)
+    ref = quadruplet_anchor_ref(x, labels, 0.5)
+    assert ref > 0
+    assert value == pytest.approx(ref, rel=1e-5)
+    assert_grad_close(grad, numeric_grad(lambda z: quadruplet_anchor_ref(z, labels, 0.5), x.copy()))
+    # Unlike the seed's batch mining, more than four images receive gradient.
+    assert (np.abs(grad).sum(1) > 0).sum() > 4
+
+
 def test_quadruplet_bad_batches():
     x = np.random.default_rng(10).normal(size=(4, 6))
     with pytest.raises(ValueError, match="no positive pair"):
@@ -260,6 +287,8 @@ def test_quadruplet_bad_batches():
         ms_value_and_grad(Quadrupletloss(), x, [5, 5, 5, 5])
     with pytest.raises(ValueError, match="samples_each_class"):
         Quadrupletloss(samples_each_class=1)
+    with pytest.raises(ValueError, match="mining must be one of"):
+        Quadrupletloss(mining="semihard")
 
 
 # ---- softmax and arcmargin -------------------------------------------------------------------

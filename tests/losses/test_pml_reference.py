@@ -14,6 +14,7 @@ from src.losses.multisimilarity import MultiSimilarityloss
 from src.losses.normsoftmax import NormSoftmaxloss
 from src.losses.npairs import NPairsloss
 from src.losses.proxyanchor import ProxyAnchorloss
+from src.losses.quadruplet import Quadrupletloss
 from src.losses.triplet import Tripletloss
 from tests.paths import FIXTURES
 
@@ -45,6 +46,8 @@ def make_loss(case, weights):
         return loss
     if case.startswith("triplet"):
         return Tripletloss(margin=0.1, reduction=case.split("_")[1])
+    if case.startswith("quadruplet_anchor"):
+        return Quadrupletloss(margin=0.1, mining="anchor")
     if case.startswith("npairs"):
         return NPairsloss(reg_lambda=0.01)
     if case.startswith("eml"):
@@ -84,7 +87,7 @@ def test_value_and_gradient_equal_the_reference(case):
 def test_the_reference_covers_every_loss_and_the_edge_cases():
     prefixes = {case.rsplit("_", 1)[0] for case in CASES}
     for name in ("multisimilarity", "multisimilarity_mined", "multisimilarity_allpairs", "proxyanchor", "normsoftmax",
-                 "arcmargin", "triplet_sum", "triplet_mean", "npairs", "eml_k2", "eml_k3"):
+                 "arcmargin", "triplet_sum", "triplet_mean", "quadruplet_anchor", "npairs", "eml_k2", "eml_k3"):
         assert name in prefixes, name
     # Batches where the miner keeps nothing: the library's loss and gradient are exactly 0.
     for case in ("multisimilarity_mined_nothing", "multisimilarity_mined_one_class"):
