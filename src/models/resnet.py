@@ -186,6 +186,15 @@ def resnet50(class_num, padding="same", **head):
     return ResNet50WithHead(class_num, padding, **head)
 
 
+def freeze_batchnorm(network):
+    """Make every BatchNorm of `network` normalise with its moving statistics in training too, and leave them
+    unchanged (its scale and shift still train). Returns the number of BatchNorm layers frozen."""
+    layers = [cell for _, cell in network.cells_and_names() if isinstance(cell, nn.BatchNorm2d)]
+    for cell in layers:
+        cell.use_batch_statistics = False
+    return len(layers)
+
+
 def backbone_from_config(cfg, padding):
     """ResNet50 with the config's head keys (pooling, embedding_size, embedding_normalize) and `padding`."""
     return ResNet50(padding, **head_options(cfg))

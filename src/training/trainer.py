@@ -23,7 +23,7 @@ from src.models.checkpoint import (
     resolve_padding,
     save_checkpoint_atomic,
 )
-from src.models.resnet import CONVENTION_KEY, backbone_from_config, head_options, resnet50
+from src.models.resnet import CONVENTION_KEY, backbone_from_config, freeze_batchnorm, head_options, resnet50
 from src.runtime.config import save_config
 from src.runtime.log import get_logger
 from src.training.callbacks import CheckpointSaver, EvalCallback, TrainMonitor
@@ -132,6 +132,9 @@ def build_training(loss_name, cfg, steps_per_epoch, ckpt_path=None):
     if ckpt_path:
         load_backbone_checkpoint(backbone, ckpt_path, new_head=True)
         logger.info("backbone initialised from %s", ckpt_path)
+    if cfg.freeze_bn:
+        logger.info("BatchNorm frozen: %d layers normalise with their moving statistics and keep them",
+                    freeze_batchnorm(backbone))
     loss = create_loss(loss_name, cfg)
     lr = get_lr(cfg.lr_init, cfg.lr_end, cfg.lr_max, cfg.warmup_epochs, cfg.epoch_size, steps_per_epoch,
                 cfg.lr_decay_mode)

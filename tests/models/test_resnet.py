@@ -87,6 +87,41 @@ def test_batchnorm_moving_mean_update_uses_momentum_0_9():
     np.testing.assert_allclose(bn.moving_mean.asnumpy(), 0.1 * x.mean(axis=(0, 2, 3)), rtol=1e-5)
 
 
+def test_frozen_batchnorm_normalises_with_moving_statistics_and_keeps_them():
+    from src.models.resnet import _bn, freeze_batchnorm
+    bn = _bn(3)
+    rng = np.random.default_rng(6)
+    mean, var = rng.normal(size=3).astype(np.float32), rng.uniform(0.5, 2.0, 3).astype(np.float32)
+    bn.moving_mean.set_data(ms.Tensor(mean))
+    bn.moving_variance.set_data(ms.Tensor(var))
+    bn.gamma.set_data(ms.Tensor(np.float32([1.0, 2.0, 0.5])))
+    assert freeze_batchnorm(bn) == 1
+    bn.set_train(True)
+    x = rng.normal(loc=2.0, size=(4, 3, 5, 5)).astype(np.float32)
+    y = bn(ms.Tensor(x)).asnumpy()
+    expected = (x - mean[:, None, None]) / np.sqrt(var[:, None, None] + bn.eps) * np.float32([1, 2, 0.5])[:, None, None]
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)  # not the batch's statistics
+    np.testing.assert_array_equal(bn.moving_mean.asnumpy(), mean)
+    np.testing.assert_array_equal(bn.moving_variance.asnumpy(), var)
+    # Its scale still trains: the gradient of sum(y^2) w.r.t. gamma is 2 sum(y * x_hat).
+    grad = ms.grad(lambda t: (bn(t) ** 2).sum(), grad_position=None, weights=[bn.gamma])(ms.Tensor(x))[0]
+    x_hat = (x - mean[:, None, None]) / np.sqrt(var[:, None, None] + bn.eps)
+    np.testing.assert_allclose(grad.asnumpy(), 2 * (expected * x_hat).sum(axis=(0, 2, 3)), rtol=1e-4)
+
+
+def test_freeze_bn_config_freezes_every_backbone_batchnorm():
+    from src.runtime.config import load_config
+    from src.training.trainer import build_training
+    cfg = load_config("triplet", "CPU", overrides=["freeze_bn=true", "epoch_size=1", "backbone_padding=same"])
+    setup = build_training("triplet", cfg, steps_per_epoch=2)
+    layers = [c for _, c in setup.backbone.cells_and_names() if isinstance(c, ms.nn.BatchNorm2d)]
+    assert len(layers) == 53 and all(c.use_batch_statistics is False for c in layers)
+    cfg = load_config("triplet", "CPU", overrides=["epoch_size=1", "backbone_padding=same"])
+    layers = [c for _, c in build_training("triplet", cfg, 2).backbone.cells_and_names()
+              if isinstance(c, ms.nn.BatchNorm2d)]
+    assert all(c.use_batch_statistics is None for c in layers)  # by default batch statistics in training
+
+
 def test_output_shapes_32_and_224(net):
     net.set_train(False)
     x = ms.Tensor(np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32))
