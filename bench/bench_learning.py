@@ -43,6 +43,7 @@ DATA = {"grid": 5, "test_regions": 5, "views": 10, "size": 32, "rotation": 180.0
 QUICK_DATA = {"grid": 2, "test_regions": 1, "views": 4, "size": 32, "rotation": 180.0, "flip": True,
               "photos": ("astronaut", "coffee", "chelsea", "rocket")}
 AUGMENT = ["--hflip", "true", "--crop_scale_min", "0.25"]
+RECIPE, RECIPE_EPOCHS, RECIPE_LR = "quadruplet-anchor", 6, "0.01"
 # Stage recipes (train.py options besides data, eval and checkpoints). The softmax one is the demo's with
 # more epochs; fine-tuning at the demo's lr 0.001, constant (the stage configs' schedule), as lr 0.01 lowered
 # Recall@1 on the demo's set (README "Performance").
@@ -52,9 +53,15 @@ STAGES = {
                                 "--lr_decay_mode", "cosine"]),
     "triplet": ("triplet", 6, ["--batch_size", "60", "--lr_max", "0.001"]),
     "quadruplet": ("quadruplet", 8, ["--batch_size", "60", "--samples_each_class", "5", "--lr_max", "0.001"]),
+    # The fine-tuning recipe (README "Fine-tuning that adds to softmax"): the seed's quadruplet loss with its
+    # hinge per anchor instead of once per batch, at 10x the rate, decayed to 0 along a cosine.
+    RECIPE: ("quadruplet", RECIPE_EPOCHS, ["--batch_size", "60", "--samples_each_class", "5", "--mining", "anchor",
+                                           "--lr_max", RECIPE_LR, "--lr_end", "0", "--lr_decay_mode", "cosine"]),
 }
-QUICK_EPOCHS = {"bn_only": 1, "softmax": 2, "triplet": 1, "quadruplet": 1}
+FINETUNE = ("triplet", "quadruplet", RECIPE)
+QUICK_EPOCHS = {"bn_only": 1, "softmax": 2, "triplet": 1, "quadruplet": 1, RECIPE: 1}
 QUICK_STAGE_OPTIONS = {"quadruplet": ["--samples_each_class", "2", "--batch_size", "4"],
+                       RECIPE: ["--samples_each_class", "2", "--batch_size", "4"],
                        "triplet": ["--batch_size", "6"], "softmax": ["--batch_size", "8"],
                        "bn_only": ["--batch_size", "8"]}
 
@@ -116,6 +123,21 @@ def stage_checkpoints(stage_dir, loss):
     return dict(sorted(found.items()))
 
 
+def stage_command(data, stage_dir, loss, epochs, options, image_size, ckpt=None, class_num=None,
+                  train_list="train.txt", eval_list="test.txt", eval_interval=1):
+    """The train.py command of one stage: its data, evaluations, per-epoch checkpoints and augmentation."""
+    args = [sys.executable, os.path.join(ROOT, "train.py"), "--loss_name", loss, "--dataset_path", data,
+            "--train_list", train_list, "--output_dir", stage_dir, "--epoch_size", str(epochs),
+            "--image_size", str(image_size), "--run_eval", "--eval_list", eval_list, "--eval_interval",
+            str(eval_interval), "--eval_batch_size", "64", "--save_checkpoint_epochs", "1",
+            "--keep_checkpoint_max", str(epochs), "--log_interval", "50", *AUGMENT, *options]
+    if ckpt:
+        args += ["--ckpt_path", ckpt]
+    if class_num:
+        args += ["--class_num", str(class_num)]
+    return args
+
+
 def train_stage(out, data, name, loss, epochs, options, image_size, ckpt=None, class_num=None):
     """Run train.py for one stage (skipped when its final checkpoint exists); returns (history rows, ckpts)."""
     from src.training.history import read_history
@@ -124,17 +146,9 @@ def train_stage(out, data, name, loss, epochs, options, image_size, ckpt=None, c
     done = os.path.isdir(os.path.join(stage_dir, "ckpt")) and epochs in stage_checkpoints(stage_dir, loss)
     if not done:
         log(f"{name}: {loss}, {epochs} epoch(s)")
-        args = [sys.executable, os.path.join(ROOT, "train.py"), "--loss_name", loss, "--dataset_path", data,
-                "--output_dir", stage_dir, "--epoch_size", str(epochs), "--image_size", str(image_size),
-                "--run_eval", "--eval_list", "test.txt", "--eval_interval", "1", "--eval_batch_size", "64",
-                "--save_checkpoint_epochs", "1", "--keep_checkpoint_max", str(epochs), "--log_interval", "50",
-                *AUGMENT, *options]
-        if ckpt:
-            args += ["--ckpt_path", ckpt]
-        if class_num:
-            args += ["--class_num", str(class_num)]
         os.makedirs(stage_dir, exist_ok=True)
-        run(args, os.path.join(stage_dir, "train.log"))
+        run(stage_command(data, stage_dir, loss, epochs, options, image_size, ckpt, class_num),
+            os.path.join(stage_dir, "train.log"))
     return read_history(os.path.join(stage_dir, "history.csv")), stage_checkpoints(stage_dir, loss)
 
 
@@ -200,6 +214,33 @@ def weight_changes(ckpts, start=None):
     return changes
 
 
+def seed_result(softmax_rows, recipe_rows):
+    """{softmax, recipe: {recall@1, map@r}} at the end of each stage of one seed's run."""
+    def end(rows):
+        return {"recall@1": float(rows[-1]["recall_at_1"]), "map@r": float(rows[-1]["map_at_r"])}
+
+    return {"softmax": end(softmax_rows), "recipe": end(recipe_rows)}
+
+
+def seeds_markdown(per_seed):
+    """One row per seed: the softmax stage's end point, the recipe's fine-tuning from it, the gain; their means."""
+    lines = [f"The fine-tuning recipe ({RECIPE}) from each seed's own softmax end point:", "",
+             "| seed | softmax Recall@1 | softmax MAP@R | fine-tuned Recall@1 | fine-tuned MAP@R | gain Recall@1 | "
+             "gain MAP@R |", "|---|---|---|---|---|---|---|"]
+    gains = []
+    for seed, result in per_seed.items():
+        s, r = result["softmax"], result["recipe"]
+        gains.append((r["recall@1"] - s["recall@1"], r["map@r"] - s["map@r"]))
+        lines.append(f"| {seed} | {s['recall@1']:.4f} | {s['map@r']:.4f} | {r['recall@1']:.4f} | {r['map@r']:.4f} | "
+                     f"{gains[-1][0]:+.4f} | {gains[-1][1]:+.4f} |")
+    mean = {stage: {key: np.mean([res[stage][key] for res in per_seed.values()]) for key in ("recall@1", "map@r")}
+            for stage in ("softmax", "recipe")}
+    lines.append(f"| mean | {mean['softmax']['recall@1']:.4f} | {mean['softmax']['map@r']:.4f} | "
+                 f"{mean['recipe']['recall@1']:.4f} | {mean['recipe']['map@r']:.4f} | "
+                 f"{np.mean([g[0] for g in gains]):+.4f} | {np.mean([g[1] for g in gains]):+.4f} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(baselines, stages, analysis, header):
     """The results as markdown: baselines, then one row per stage epoch."""
     lines = [header, "", "| what | Recall@1 | MAP@R |", "|---|---|---|"]
@@ -222,15 +263,15 @@ def plot(baselines, stages, path, title):
 
     fig, axes = pyplot().subplots(1, 2, figsize=(11, 4.2), dpi=100, sharex=True)
     softmax_epochs = len(stages.get("softmax", []))
-    colours = {"softmax": "tab:blue", "triplet": "tab:orange", "quadruplet": "tab:red"}
+    colours = {"softmax": "tab:blue", "triplet": "tab:orange", "quadruplet": "tab:red", RECIPE: "tab:green"}
     for axis, key, column in ((axes[0], "recall@1", "recall_at_1"), (axes[1], "map@r", "map_at_r")):
         for (name, metrics), style in zip(baselines.items(), (":", "-.", "--", (0, (1, 3))), strict=False):
             axis.axhline(metrics[key], color="gray", linestyle=style, label=name)
         for name, rows in stages.items():
-            offset = softmax_epochs if name in ("triplet", "quadruplet") else 0
+            offset = softmax_epochs if name in FINETUNE else 0
             xs = [offset + int(r["epoch"]) for r in rows if r[column]]
             ys = [float(r[column]) for r in rows if r[column]]
-            if name in ("triplet", "quadruplet") and "softmax" in stages:  # start from the softmax end point
+            if name in FINETUNE and "softmax" in stages:  # start from the softmax end point
                 xs, ys = [softmax_epochs] + xs, [float(stages["softmax"][-1][column])] + ys
             axis.plot(xs, ys, "o-", color=colours.get(name, "black"), markersize=3, label=name)
         axis.set_xlabel("epoch (fine-tuning continues after the softmax epochs)")
@@ -249,7 +290,11 @@ def main(argv=None):
     parser.add_argument("--markdown", help="write the tables here")
     parser.add_argument("--plot", help="write the PNG plot here")
     parser.add_argument("--quick", action="store_true", help="4 photos, 2 x 2 regions, 1-2 epochs per stage")
+    parser.add_argument("--seeds", default=None,
+                        help="comma list: the first seed runs every stage, the others softmax and the recipe "
+                             "(default 1,2,3; with --quick 1)")
     args = parser.parse_args(argv)
+    seeds = [int(s) for s in (args.seeds or ("1" if args.quick else "1,2,3")).split(",")]
     from src.runtime.log import setup_logging
 
     setup_logging()
@@ -289,24 +334,29 @@ def main(argv=None):
     stages["softmax"], ckpts["softmax"] = train_stage(out, data, "softmax", "softmax", epochs("softmax"),
                                                       options("softmax"), size, class_num=class_num)
     final_softmax = ckpts["softmax"][max(ckpts["softmax"])]
-    for name in ("triplet", "quadruplet"):
-        stages[name], ckpts[name] = train_stage(out, data, name, name, epochs(name), options(name), size,
+    for name in FINETUNE:
+        stages[name], ckpts[name] = train_stage(out, data, name, STAGES[name][0], epochs(name), options(name), size,
                                                 ckpt=final_softmax)
+    per_seed = {seeds[0]: seed_result(stages["softmax"], stages[RECIPE])}
+    for seed in seeds[1:]:  # the other seeds: softmax from scratch and the recipe from its end point
+        seed_dir, seeded = os.path.join(out, f"seed{seed}"), ["--seed", str(seed)]
+        softmax_rows, softmax_ckpts = train_stage(seed_dir, data, "softmax", "softmax", epochs("softmax"),
+                                                  options("softmax") + seeded, size, class_num=class_num)
+        recipe_rows, _ = train_stage(seed_dir, data, RECIPE, STAGES[RECIPE][0], epochs(RECIPE),
+                                     options(RECIPE) + seeded, size, ckpt=softmax_ckpts[max(softmax_ckpts)])
+        per_seed[seed] = seed_result(softmax_rows, recipe_rows)
     log("softmax epochs: training-image accuracy; every stage: weight change per epoch")
     analysis = {"softmax": softmax_epoch_analysis(data, ckpts["softmax"], class_num, size)}
-    for name in ("triplet", "quadruplet"):
-        analysis[name] = {}
-    for name, changes in (("softmax", weight_changes(ckpts["softmax"])),
-                          ("triplet", weight_changes(ckpts["triplet"], final_softmax)),
-                          ("quadruplet", weight_changes(ckpts["quadruplet"], final_softmax))):
+    for name, changes in [("softmax", weight_changes(ckpts["softmax"]))] + \
+            [(name, weight_changes(ckpts[name], final_softmax)) for name in FINETUNE]:
         for epoch, change in changes.items():
-            analysis[name].setdefault(epoch, {})["weight_change"] = change
+            analysis.setdefault(name, {}).setdefault(epoch, {})["weight_change"] = change
 
     header = (f"{runtime_env.cpu_class()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}; "
               f"{class_num} training products "
               f"({len(train_list)} images), {test_list.num_classes} test products "
               f"({len(test_list)} images), {size} px; {time.monotonic() - start:.0f} s in all")
-    table = markdown(baselines, stages, analysis, header)
+    table = markdown(baselines, stages, analysis, header) + "\n" + seeds_markdown(per_seed)
     print(table)
     if args.markdown:
         from src.runtime.atomic_file import write_atomic

@@ -90,3 +90,13 @@ def test_training_sample_takes_whole_classes_like_the_test_set():
     assert len(chosen) == 20 and len(np.unique(labels[chosen])) == 5
     assert all(np.sum(labels[chosen] == c) == 4 for c in np.unique(labels[chosen]))  # every view of a class
     assert np.array_equal(chosen, bench_learning.training_sample(labels, 5))  # seeded
+
+
+def test_seed_table_has_each_seeds_gain_and_their_mean():
+    per_seed = {seed: bench_learning.seed_result(history(2, s), history(3, r))
+                for seed, s, r in ((1, 0.40, 0.41), (2, 0.30, 0.35))}
+    assert per_seed[1] == {"softmax": {"recall@1": 0.5, "map@r": 0.25}, "recipe": {"recall@1": 0.56, "map@r": 0.28}}
+    lines = bench_learning.seeds_markdown(per_seed).splitlines()
+    assert "| 1 | 0.5000 | 0.2500 | 0.5600 | 0.2800 | +0.0600 | +0.0300 |" in lines
+    assert "| 2 | 0.4000 | 0.2000 | 0.5000 | 0.2500 | +0.1000 | +0.0500 |" in lines
+    assert lines[-1] == "| mean | 0.4500 | 0.2250 | 0.5300 | 0.2650 | +0.0800 | +0.0400 |"
