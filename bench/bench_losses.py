@@ -119,7 +119,7 @@ def train_run(out, data, name, loss, epochs, candidate, options, size, start, tr
     if os.path.exists(result_path):
         with open(result_path) as f:
             return json.load(f)
-    class_num = len({c for c, _ in list_lines(os.path.join(data, train_list))}) if loss in CLASS_LOSSES else None
+    class_num = learning.read_list(data, train_list).num_classes if loss in CLASS_LOSSES else None
     args = learning.stage_command(data, run_dir, loss, epochs, options, size, ckpt=start, class_num=class_num,
                                   train_list=train_list, eval_list=eval_list, eval_interval=epochs)
     os.makedirs(run_dir, exist_ok=True)
@@ -142,7 +142,7 @@ def pretrain(out, data, epochs, size, quick):
     """The common start: softmax from scratch on the fit classes (bench_learning's recipe); its final checkpoint."""
     name, _, options = learning.STAGES["softmax"]
     options = options + (QUICK_OPTIONS if quick else [])
-    class_num = len({c for c, _ in list_lines(os.path.join(data, "fit.txt"))})
+    class_num = learning.read_list(data, "fit.txt").num_classes
     stage_dir = os.path.join(out, "start")
     ckpts = learning.stage_checkpoints(stage_dir, "softmax") if os.path.isdir(os.path.join(stage_dir, "ckpt")) else {}
     if epochs not in ckpts:
