@@ -17,11 +17,13 @@ history.csv read back); every evaluation is Recall@1 and MAP@R over the test pro
              retrieval Recall@1 on a sample of the *training* products shaped like the test set (as
              many products, all their views: learning vs memorising), and the relative change of the
              backbone's weights since the epoch before;
-  triplet / quadruplet: fine-tuning from the softmax stage's final checkpoint (and the same weight
-             change, the first epoch's measured from that checkpoint).
+  triplet / quadruplet: the seed's fine-tuning from the softmax stage's final checkpoint (and the same weight
+             change, the first epoch's measured from that checkpoint);
+  quadruplet-anchor: the fine-tuning recipe from the same checkpoint (the hinge per anchor, lr 0.03, cosine);
+  seeds 2, 3: softmax from scratch and the recipe from its end point again, for the per-seed gain table.
 
 The table and the plot (Recall@1 and MAP@R against epoch, baselines as lines) go to --markdown and --plot.
-Took 36 min 45 s on 2 idle cores of an Intel Xeon with AVX-512 (bench/learning_results.md).
+Took 84 min (5042 s) on 2 idle cores of an AMD EPYC with AVX-512, 3 seeds (bench/learning_results.md).
 """
 import os
 import sys
