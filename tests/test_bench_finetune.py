@@ -10,6 +10,7 @@ from tests.paths import ROOT
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 import bench_finetune  # noqa: E402
+
 import train  # noqa: E402
 from src.runtime.cli import load_stage_config  # noqa: E402
 
