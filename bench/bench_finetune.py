@@ -52,7 +52,6 @@ VARIANTS = {
                           ["--batch_size", "60", "--lr_max", "0.03", "--lr_end", "0", "--lr_decay_mode", "cosine"]),
     "triplet": ("the seed's other loss: random triplets, lr 0.001 constant", *learning.STAGES["triplet"]),
 }
-CLASS_LOSSES = ("softmax",)
 QUICK_OPTIONS = {"quadruplet": ["--samples_each_class", "2", "--batch_size", "4"], "triplet": ["--batch_size", "6"],
                  "softmax": ["--batch_size", "8"]}
 
@@ -64,26 +63,20 @@ def ensure_start(out, quick):
     spec = learning.QUICK_DATA if quick else learning.DATA
     learning.build_data(data, spec)
     class_num = learning.read_list(data, "train.txt").num_classes
-    name = "softmax"
-    loss, epochs, options = learning.STAGES[name]
-    if quick:
-        epochs, options = learning.QUICK_EPOCHS[name], options + learning.QUICK_STAGE_OPTIONS[name]
-    rows, ckpts = learning.train_stage(out, data, name, loss, epochs, options, spec["size"], class_num=class_num)
+    loss, epochs, options = learning.stage_plan("softmax", quick)
+    rows, ckpts = learning.train_stage(out, data, "softmax", loss, epochs, options, spec["size"],
+                                       class_num=class_num)
     return data, class_num, rows, ckpts[max(ckpts)]
-
-
-def end_metrics(rows):
-    return float(rows[-1]["recall_at_1"]), float(rows[-1]["map_at_r"])
 
 
 def markdown(header, start_rows, results):
     """The start, then one row per variant: Recall@1 after each epoch, MAP@R at the end, the change."""
-    r0, m0 = end_metrics(start_rows)
+    r0, m0 = learning.stage_end(start_rows).values()
     lines = [header, "", f"From the softmax stage's end point: Recall@1 {r0:.4f}, MAP@R {m0:.4f}.", "",
              "| variant | what it asks | Recall@1 after each epoch | MAP@R at the end | change Recall@1 | "
              "change MAP@R |", "|---|---|---|---|---|---|"]
     for name, (question, rows) in results.items():
-        r, m = end_metrics(rows)
+        r, m = learning.stage_end(rows).values()
         curve = ", ".join(f"{float(row['recall_at_1']):.4f}" for row in rows if row["recall_at_1"])
         lines.append(f"| {name} | {question} | {curve} | {m:.4f} | {r - r0:+.4f} | {m - m0:+.4f} |")
     return "\n".join(lines) + "\n"
@@ -115,7 +108,7 @@ def main(argv=None):
         if args.quick:
             epochs, options = 1, options + QUICK_OPTIONS[loss]
         rows, _ = learning.train_stage(out, data, name, loss, epochs, options, size, ckpt=start_ckpt,
-                                       class_num=class_num if loss in CLASS_LOSSES else None)
+                                       class_num=class_num if loss == "softmax" else None)
         results[name] = (question, rows)
     header = (f"{learning.runtime_env.cpu_class()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}; "
               f"bench_learning's set (seed 1); {time.monotonic() - start:.0f} s (stages already run are reused)")

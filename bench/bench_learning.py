@@ -216,12 +216,20 @@ def weight_changes(ckpts, start=None):
     return changes
 
 
+def stage_plan(name, quick=False):
+    """(loss, epochs, train.py options) of a stage of STAGES, shrunk for --quick."""
+    loss, epochs, options = STAGES[name]
+    return (loss, QUICK_EPOCHS[name], options + QUICK_STAGE_OPTIONS[name]) if quick else (loss, epochs, options)
+
+
+def stage_end(rows):
+    """{recall@1, map@r} after a stage's last epoch (its history rows)."""
+    return {"recall@1": float(rows[-1]["recall_at_1"]), "map@r": float(rows[-1]["map_at_r"])}
+
+
 def seed_result(softmax_rows, recipe_rows):
     """{softmax, recipe: {recall@1, map@r}} at the end of each stage of one seed's run."""
-    def end(rows):
-        return {"recall@1": float(rows[-1]["recall_at_1"]), "map@r": float(rows[-1]["map_at_r"])}
-
-    return {"softmax": end(softmax_rows), "recipe": end(recipe_rows)}
+    return {"softmax": stage_end(softmax_rows), "recipe": stage_end(recipe_rows)}
 
 
 def seeds_markdown(per_seed):
@@ -323,10 +331,10 @@ def main(argv=None):
     baselines["untrained backbone"] = parse_metrics(text)
 
     def epochs(name):
-        return QUICK_EPOCHS[name] if args.quick else STAGES[name][1]
+        return stage_plan(name, args.quick)[1]
 
     def options(name):
-        return STAGES[name][2] + (QUICK_STAGE_OPTIONS[name] if args.quick else [])
+        return stage_plan(name, args.quick)[2]
 
     rows, _ = train_stage(out, data, "bn_only", "softmax", epochs("bn_only"), options("bn_only"), size,
                           class_num=class_num)
