@@ -13,6 +13,15 @@ import shutil  # noqa: E402
 import pytest  # noqa: E402
 
 
+def pytest_collection_modifyitems(items):
+    """Modules with the most end-to-end (slow) tests first: with the suite spread over workers a module at a time
+    (pytest-xdist --dist loadfile), the long modules start at once instead of being left for the end."""
+    slow = {}
+    for item in items:
+        slow[item.module.__name__] = slow.get(item.module.__name__, 0) + (item.get_closest_marker("slow") is not None)
+    items.sort(key=lambda item: -slow[item.module.__name__])  # stable: the order inside a module is kept
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

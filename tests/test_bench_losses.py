@@ -56,6 +56,7 @@ def test_markdown_reports_mean_and_sample_std_over_seeds():
     assert "0.5500 +- 0.0707" in row and "0.2500 +- 0.0707" in row  # std with ddof=1: 0.1 / sqrt(2)
 
 
+@pytest.mark.slow
 def test_quick_run_selects_on_training_classes_only(tmp_path):
     out = tmp_path / "losses"
     report = tmp_path / "losses.json"
