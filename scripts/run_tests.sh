@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up .venv (if missing), install runtime + test dependencies, run the test suite on every core.
 # Usage: bash scripts/run_tests.sh [--quick] [pytest args...]
-#   --quick   the tests not marked slow (no end-to-end training runs): the daily tier, about 2 minutes
+#   --quick   the tests not marked slow (no end-to-end training runs): the daily tier, about a minute on 2 cores
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
