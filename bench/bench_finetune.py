@@ -69,14 +69,20 @@ def ensure_start(out, quick):
     return data, class_num, rows, ckpts[max(ckpts)]
 
 
+def end_metrics(rows):
+    """(Recall@1, MAP@R) after a stage's last epoch."""
+    end = learning.stage_end(rows)
+    return end["recall@1"], end["map@r"]
+
+
 def markdown(header, start_rows, results):
     """The start, then one row per variant: Recall@1 after each epoch, MAP@R at the end, the change."""
-    r0, m0 = learning.stage_end(start_rows).values()
+    r0, m0 = end_metrics(start_rows)
     lines = [header, "", f"From the softmax stage's end point: Recall@1 {r0:.4f}, MAP@R {m0:.4f}.", "",
              "| variant | what it asks | Recall@1 after each epoch | MAP@R at the end | change Recall@1 | "
              "change MAP@R |", "|---|---|---|---|---|---|"]
     for name, (question, rows) in results.items():
-        r, m = learning.stage_end(rows).values()
+        r, m = end_metrics(rows)
         curve = ", ".join(f"{float(row['recall_at_1']):.4f}" for row in rows if row["recall_at_1"])
         lines.append(f"| {name} | {question} | {curve} | {m:.4f} | {r - r0:+.4f} | {m - m0:+.4f} |")
     return "\n".join(lines) + "\n"
