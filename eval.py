@@ -7,11 +7,12 @@ import os
 
 import mindspore as ms
 
+from src.deploy.engines import BACKENDS, check_backend, check_threads, extraction_engine
 from src.evaluation.features import evaluate_backbone, evaluate_query_gallery, save_features
 from src.evaluation.metrics import format_metrics_table
 from src.evaluation.visualize import draw_retrievals, save_image
 from src.models.checkpoint import load_backbone_checkpoint, resolve_padding
-from src.models.resnet import CONVENTION_KEY, backbone_from_config
+from src.models.resnet import CONVENTION_KEY, backbone_from_config, head_options
 from src.runtime.cli import (
     add_common_arguments,
     add_query_gallery_arguments,
@@ -46,6 +47,11 @@ def parse_args(argv=None):
     parser.add_argument("--save_retrievals", default=None, metavar="PNG",
                         help="draw 6 queries (fixed seed) with their top-5 neighbours, framed green (same class) "
                              "or red, with squared L2 distances, into this image")
+    parser.add_argument("--backend", default="mindspore", metavar="{" + ",".join(BACKENDS) + "}",
+                        help="what extracts the features on CPU: mindspore (the network itself), or onnxruntime / "
+                             "openvino on its ONNX export (written once next to the checkpoint and reused)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads that extract the features (default: every core this process may use)")
     add_recall_ks_argument(parser)
     return parse_with_overrides(parser, argv)
 
@@ -60,11 +66,20 @@ def main(argv=None):
     ks = args.recall_ks or config_ks(cfg.recall_ks)
     if not os.path.isdir(args.dataset_path):
         raise FileNotFoundError(f"--dataset_path {args.dataset_path} is not a folder")
+    check_backend(args.backend)
+    threads = check_threads(args.threads)
+    if args.backend != "mindspore" and args.device_target != "CPU":
+        raise ValueError(f"--backend {args.backend} runs on CPU; use --device_target CPU (got {args.device_target})")
     init_context(args.device_target, args.device_id)
+    if args.device_target == "CPU":
+        ms.set_context(runtime_num_threads=threads)
     ms.set_seed(cfg.seed)
-    backbone = backbone_from_config(cfg, resolve_padding(cfg[CONVENTION_KEY], [args.ckpt_path]))
+    padding = resolve_padding(cfg[CONVENTION_KEY], [args.ckpt_path])
+    backbone = backbone_from_config(cfg, padding)
     if args.ckpt_path:
         load_backbone_checkpoint(backbone, args.ckpt_path)
+    backbone = extraction_engine(args.backend, backbone, args.ckpt_path, cfg.image_size, cfg.eval_batch_size,
+                                 threads, dict(head_options(cfg), padding=padding))
     extra = {}
     if query_gallery:
         metrics, (features, labels, paths), gallery = evaluate_query_gallery(

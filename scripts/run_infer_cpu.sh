@@ -2,17 +2,28 @@
 # Offline inference on CPU, the Ascend 310 chain with src/deploy/infer_cpu.py as the runner:
 # preprocess -> runner -> postprocess. Each step stops the chain with its own exit status when it fails.
 usage() {
-  echo "usage: bash run_infer_cpu.sh [MINDIR_PATH] [DATASET_PATH] [preprocess.py options...]"
+  echo "usage: bash run_infer_cpu.sh [MODEL_PATH] [DATASET_PATH] [preprocess.py options...]"
+  echo "  MODEL_PATH: export.py's MindIR, or its ONNX file with BACKEND=onnxruntime or BACKEND=openvino."
   echo "  preprocess.py options (e.g. --eval_list test.txt --image_size 224; default list test_half.txt) must"
-  echo "  match the exported MindIR. Writes preprocess.log, infer.log, postprocess.log, preprocess_Result/,"
+  echo "  match the exported model. Writes preprocess.log, infer.log, postprocess.log, preprocess_Result/,"
   echo "  result_Files/, time_Result/ and acc.log in the current folder."
   echo "  RECALL_KS=1,10 (environment) sets the K of Recall@K reported in acc.log (default 1,10,100,1000)."
+  echo "  BACKEND=mindspore|onnxruntime|openvino (environment) runs the model (default mindspore); THREADS=N"
+  echo "  its threads (default: every core)."
 }
 source "$(dirname "$0")/common.sh"
 [ $# -ge 2 ] || die_usage "at least 2 arguments needed, got $#"
-MINDIR_PATH=$(abs_path "$1"); DATASET_PATH=$(abs_path "$2"); shift 2
-need_file "$MINDIR_PATH" MINDIR_PATH
+MODEL_PATH=$(abs_path "$1"); DATASET_PATH=$(abs_path "$2"); shift 2
+need_file "$MODEL_PATH" MODEL_PATH
 need_dir "$DATASET_PATH" DATASET_PATH
+BACKEND=${BACKEND:-mindspore}
+case "$BACKEND" in
+  mindspore) WANT=.mindir ;;
+  onnxruntime|openvino) WANT=.onnx ;;
+  *) die_usage "BACKEND must be mindspore, onnxruntime or openvino, got '$BACKEND'" ;;
+esac
+[[ "${MODEL_PATH,,}" == *"$WANT" ]] || die_usage "BACKEND=$BACKEND runs a $WANT file, got MODEL_PATH '$MODEL_PATH'"
+[ -z "${THREADS:-}" ] || need_int "$THREADS" THREADS
 
 run_step() {  # run_step NAME LOG CMD...: run one step; if it fails, stop here with its exit status
   local name="$1" log="$2" status=0
@@ -28,8 +39,10 @@ run_step preprocess preprocess.log "$PYTHON" "$REPO/preprocess.py" --dataset_pat
   --output_path preprocess_Result
 fresh_dir result_Files
 fresh_dir time_Result
-run_step inference infer.log "$PYTHON" -m src.deploy.infer_cpu --mindir_path "$MINDIR_PATH" \
-  --dataset_path preprocess_Result/img_data --output_dir .
+THREAD_ARGS=()
+[ -z "${THREADS:-}" ] || THREAD_ARGS=(--threads "$THREADS")
+run_step inference infer.log "$PYTHON" -m src.deploy.infer_cpu --model_path "$MODEL_PATH" \
+  --backend "$BACKEND" "${THREAD_ARGS[@]}" --dataset_path preprocess_Result/img_data --output_dir .
 rm -f acc.log
 run_step postprocess postprocess.log "$PYTHON" "$REPO/postprocess.py" --result_path result_Files \
   --label_path preprocess_Result/label --output acc.log --recall_ks "${RECALL_KS:-1,10,100,1000}"

@@ -1,9 +1,11 @@
 """CPU stand-in for the Ascend 310 runner (ascend310_infer/): same flags, inputs and output files.
 
     python -m src.deploy.infer_cpu --mindir_path resnet50.mindir --dataset_path preprocess_Result/img_data
+    python -m src.deploy.infer_cpu --backend openvino --model_path resnet50.onnx --dataset_path ...
 
-Runs the MindIR through MindSpore on CPU (`nn.GraphCell(ms.load(path))`), one *.bin input file
-(sorted by name) per call, and writes <output_dir>/result_Files/<name>_<k>.bin per output k and
+Runs the model on CPU, one *.bin input file (sorted by name) per call: --backend mindspore (default) runs the
+MindIR through MindSpore (`nn.GraphCell(ms.load(path))`); onnxruntime / openvino run the ONNX export
+(src/deploy/engines.py). It and writes <output_dir>/result_Files/<name>_<k>.bin per output k and
 the average latency to <output_dir>/time_Result/test_perform_static.txt (see src/deploy/infer_data.py).
 """
 import argparse
@@ -15,6 +17,7 @@ import numpy as np
 from mindspore import nn
 from mindspore.train import mind_ir_pb2
 
+from src.deploy.engines import BACKENDS, check_backend, check_threads, open_engine
 from src.deploy.infer_data import RESULT_DIR, list_input_files, read_array, result_name, write_latency
 from src.runtime.atomic_file import write_atomic
 from src.runtime.cli import run
@@ -38,21 +41,36 @@ def mindir_input_shape(mindir_path):
     return tuple(int(d) for d in inputs[0].dims)
 
 
-def run_mindir(mindir_path, input_files, output_dir, input_shape):
-    """Run every input file through the model; write its outputs. Returns the mean latency (ms) per call."""
+def mindspore_runner(mindir_path, threads):
+    """numpy (input) -> list of numpy outputs, through the MindIR in MindSpore."""
+    ms.set_context(runtime_num_threads=threads)
     net = nn.GraphCell(ms.load(mindir_path))
+
+    def forward(x):
+        outputs = net(ms.Tensor(x))
+        return [out.asnumpy() for out in (outputs if isinstance(outputs, (tuple, list)) else (outputs,))]
+
+    return forward
+
+
+def engine_runner(engine):
+    """numpy (input) -> [numpy output], through an engine of src.deploy.engines."""
+    return lambda x: [engine(x)]
+
+
+def run_model(forward, input_files, output_dir, input_shape):
+    """Run every input file through `forward`; write its outputs. Returns the mean latency (ms) per call."""
     count = int(np.prod(input_shape))
     result_dir = os.path.join(output_dir, RESULT_DIR)
     os.makedirs(result_dir, exist_ok=True)
     # One untimed call compiles the graph, as Model::Build does before the C++ runner's timed calls.
-    net(ms.Tensor(np.zeros(input_shape, np.float32))).asnumpy()
+    forward(np.zeros(input_shape, np.float32))
     progress = Progress(len(input_files), "inference", logger)
     total = 0.0
     for path in input_files:
-        x = ms.Tensor(read_array(path, np.float32, count).reshape(input_shape))
+        x = read_array(path, np.float32, count).reshape(input_shape)
         start = time.perf_counter()
-        outputs = net(x)
-        outputs = [out.asnumpy() for out in (outputs if isinstance(outputs, (tuple, list)) else (outputs,))]
+        outputs = forward(x)
         total += time.perf_counter() - start
         for k, out in enumerate(outputs):
             write_atomic(os.path.join(result_dir, result_name(path, k)), out.tobytes())
@@ -65,31 +83,48 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m src.deploy.infer_cpu",
                                      description="Run a MindIR on CPU over preprocessed *.bin inputs.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--mindir_path", required=True, help="exported model (export.py --file_format MINDIR)")
+    parser.add_argument("--mindir_path", "--model_path", dest="model_path", required=True,
+                        help="exported model: MINDIR for --backend mindspore, ONNX for the others (export.py "
+                             "--file_format)")
     parser.add_argument("--dataset_path", required=True, help="folder of float32 *.bin inputs (preprocess img_data)")
     parser.add_argument("--device_id", type=int, default=0, help="accepted for the C++ runner's interface")
     parser.add_argument("--output_dir", default=".", help=f"gets {RESULT_DIR}/ and time_Result/")
     parser.add_argument("--image_size", type=int, default=None,
-                        help="input is 1x3xSxS; default: the shape stored in the MindIR")
+                        help="input is 1x3xSxS; default: the shape stored in the model")
+    parser.add_argument("--backend", default="mindspore", metavar="{" + ",".join(BACKENDS) + "}",
+                        help="what runs the model: mindspore (a MindIR), onnxruntime or openvino (an ONNX file)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="inference threads (default: every core this process may use)")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if not os.path.isfile(args.mindir_path):
-        raise FileNotFoundError(f"MindIR not found: {args.mindir_path}")
+    check_backend(args.backend)
+    threads = check_threads(args.threads)
+    if not os.path.isfile(args.model_path):
+        raise FileNotFoundError(f"model not found: {args.model_path}")
+    want = ".mindir" if args.backend == "mindspore" else ".onnx"
+    if not args.model_path.lower().endswith(want):
+        raise ValueError(f"--backend {args.backend} runs a {want} file (export.py --file_format "
+                         f"{want[1:].upper()}), got {args.model_path}")
     inputs = list_input_files(args.dataset_path)
+    engine = None if args.backend == "mindspore" else open_engine(args.backend, args.model_path, threads)
     if args.image_size:
         shape = (1, 3, args.image_size, args.image_size)
-    else:
-        shape = mindir_input_shape(args.mindir_path)
+    elif engine is None:
+        shape = mindir_input_shape(args.model_path)
+    else:  # one image per input file; the engine runs it in the model's batch
+        shape = (1,) + engine.input_shape[1:]
     expected, size = 4 * int(np.prod(shape)), os.path.getsize(inputs[0])
     if size != expected:
         raise ValueError(f"{inputs[0]} has {size} bytes, the model input (float32 {'x'.join(map(str, shape))}) "
-                         f"takes {expected}: preprocess with the image_size the MindIR was exported for")
+                         f"takes {expected}: preprocess with the image_size the model was exported for")
     init_context("CPU", args.device_id)
-    logger.info("%s: %d inputs of shape %s", args.mindir_path, len(inputs), "x".join(map(str, shape)))
-    mean_ms = run_mindir(args.mindir_path, inputs, args.output_dir, shape)
+    logger.info("%s (%s, %d thread(s)): %d inputs of shape %s", args.model_path, args.backend, threads, len(inputs),
+                "x".join(map(str, shape)))
+    forward = mindspore_runner(args.model_path, threads) if engine is None else engine_runner(engine)
+    mean_ms = run_model(forward, inputs, args.output_dir, shape)
     path = write_latency(args.output_dir, mean_ms, len(inputs))
     print(f"inference: {len(inputs)} inputs, {mean_ms:.3f} ms per input on average ({path})")
 

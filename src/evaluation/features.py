@@ -22,16 +22,18 @@ def l2_normalize_rows(features, eps=1e-12):
 def extract_features(backbone, dataset, total, what="extracting features"):
     """Run `backbone` in inference mode over a batched (image, label) dataset.
 
+    `backbone`: a MindSpore Cell, or an engine of src.deploy.engines (numpy in, numpy out: `numpy_io`).
     Returns (features float32 (N, 2048), labels int32 (N,)), in dataset order, not normalised.
     """
+    numpy_io = getattr(backbone, "numpy_io", False)
     was_training = backbone.training
     backbone.set_train(False)
     progress = Progress(total, what, logger)
     feats, labels = [], []
     try:
-        for image, label in dataset.create_tuple_iterator(num_epochs=1):
-            feats.append(backbone(image).asnumpy())
-            labels.append(label.asnumpy())
+        for image, label in dataset.create_tuple_iterator(num_epochs=1, output_numpy=numpy_io):
+            feats.append(backbone(image) if numpy_io else backbone(image).asnumpy())
+            labels.append(np.asarray(label) if numpy_io else label.asnumpy())
             progress.update(len(labels[-1]))
     finally:
         backbone.set_train(was_training)

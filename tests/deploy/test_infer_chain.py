@@ -273,7 +273,7 @@ def test_build_names_what_it_looked_for(tmp_path):
 
 def test_infer_scripts_check_their_arguments(chain, tmp_path):
     log = run(["bash", os.path.join(ROOT, "scripts", "run_infer_cpu.sh"), chain["mindir"]], cwd=tmp_path, expect=2)
-    assert "usage: bash run_infer_cpu.sh [MINDIR_PATH] [DATASET_PATH]" in log
+    assert "usage: bash run_infer_cpu.sh [MODEL_PATH] [DATASET_PATH]" in log
     log = run(["bash", os.path.join(ROOT, "scripts", "run_infer_310.sh"), chain["mindir"], chain["data"], "x1"],
               cwd=tmp_path, expect=2)
     assert "DEVICE_ID must be a non-negative integer, got 'x1'" in log
