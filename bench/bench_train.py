@@ -35,6 +35,10 @@ within a round, their order reversed every other round. A variant is a base and 
   +isa=X             ONEDNN_MAX_CPU_ISA=X as a user would export it (src/runtime/env.py keeps it); ALL is
                      oneDNN's default, i.e. MindSpore without our setting
   +steps=N           timed steps (eval: batches, at least 2) for this variant, instead of --steps (for slow variants)
+  +onnxruntime       (ms, extraction only) eval.py --backend onnxruntime: the backbone's ONNX export in ONNX Runtime
+  +openvino          (ms, extraction only) eval.py --backend openvino: the same ONNX file in OpenVINO
+                     (both fed by our data pipeline, threads from +threads=N or every core, as eval.py --threads;
+                     the export is made before the warm-up batch and not timed)
 Step time = from the batch being handed to the step until its loss is on the host (data waiting
 excluded, as TrainMonitor does); cycle = time between consecutive step ends (data waiting included).
 """
@@ -78,7 +82,9 @@ CONFIGS = {
 QUICK_SIZES = {"train": (32, 6), "eval": (32, 8)}
 # ms: train.py as it runs (src/runtime/env.py's CPU dispatch); ms+isa=ALL: MindSpore's own default (oneDNN
 # uncapped, reference convolutions on AVX-512 CPUs: one timed step, it is 15-50x slower there).
-DEFAULT_VARIANTS = ("ms", "ms+isa=ALL+steps=1", "torch", "torch+jemalloc")
+DEFAULT_VARIANTS = ("ms", "ms+onnxruntime", "ms+openvino", "ms+isa=ALL+steps=1", "torch", "torch+jemalloc")
+ENGINES = ("onnxruntime", "openvino")  # eval.py's other --backend values (src/deploy/engines.py)
+BACKEND_VARIANTS = ("ms",) + tuple(f"ms+{engine}" for engine in ENGINES)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,7 +96,7 @@ def parse_variant(name):
     if base not in ("ms", "torch"):
         raise ValueError(f"variant {name!r}: must start with 'ms' or 'torch'")
     spec = {"framework": base, "jemalloc": None, "jit": None, "threads": None, "interop": None, "workers": None,
-            "prefetch": None, "thread_workers": False, "env": {}, "steps": None}
+            "prefetch": None, "thread_workers": False, "env": {}, "steps": None, "engine": None}
     for mod in mods:
         key, sep, value = mod.partition("=")
         if key in ("jemalloc", "jemalloc-default") and not sep:
@@ -101,6 +107,8 @@ def parse_variant(name):
             spec["env"][key[4:]] = value
         elif key == "isa" and value:
             spec["env"]["ONEDNN_MAX_CPU_ISA"] = value
+        elif key in ENGINES and not sep and base == "ms":
+            spec["engine"] = key
         elif key == "threadworkers" and not sep and base == "ms":
             spec["thread_workers"] = True
         elif key == "jit" and value in ("O0", "O1", "O2") and base == "ms":
@@ -217,6 +225,7 @@ class _TimedBackbone:
         self.cell = cell
         self.starts = []
         self.cpu = []
+        self.numpy_io = getattr(cell, "numpy_io", False)  # an engine of src.deploy.engines
 
     @property
     def training(self):
@@ -236,6 +245,7 @@ def run_ms_eval(job):
     import mindspore.dataset as mds
 
     from src.data.dataset import create_dataset
+    from src.deploy.engines import check_threads, extraction_engine
     from src.evaluation import features
     from src.models.resnet import ResNet50
     from src.runtime.config import load_config
@@ -249,6 +259,10 @@ def run_ms_eval(job):
     make = functools.partial(create_dataset, python_multiprocessing=not spec["thread_workers"])
     ms.set_seed(cfg.seed)
     backbone = ResNet50()
+    threads = ms.get_context("runtime_num_threads")
+    if spec["engine"]:
+        threads = check_threads(spec["threads"])
+        backbone = extraction_engine(spec["engine"], backbone, None, size, batch, threads)
     lists = {}
     for what, count in (("warmup", batch), ("timed", steps * batch)):
         lists[what] = write_list(job["data_dir"], f"eval_{what}_{os.getpid()}.txt", count, job["pool"])
@@ -269,8 +283,7 @@ def run_ms_eval(job):
     if feats.shape != (steps * batch, 2048):
         raise RuntimeError(f"extract_features returned {feats.shape}")
     return {"cycle_times": np.diff(timed.starts).tolist(), "cpu_times": np.diff(timed.cpu).tolist(),
-            "total_s": total, "images": steps * batch, "batch": batch,
-            "threads": ms.get_context("runtime_num_threads"), "workers": workers}
+            "total_s": total, "images": steps * batch, "batch": batch, "threads": threads, "workers": workers}
 
 
 def torch_resnet50():
@@ -529,10 +542,13 @@ def format_tables(summary, variants):
     """One markdown table per metric: configs x variants, then ours / the best torch variant (time ratios)."""
     torch_variants = [v for v in variants if v.startswith("torch")]
     ms_variants = [v for v in variants if v.startswith("ms")] if torch_variants else []
+    # What a user chooses with eval.py --backend: the best of them is "ours" in the target ratio.
+    backends = [v for v in variants if v in BACKEND_VARIANTS] if torch_variants else []
     out = []
     for metric, title, note in METRICS:
         ms_alternatives = [v for v in variants if v.startswith("ms+")] if "ms" in variants else []
         head = (["configuration"] + variants + [f"{v} / best torch" for v in ms_variants] +
+                (["best backend / best torch"] if len(backends) > 1 else []) +
                 [f"{v} / ms" for v in ms_alternatives])
         lines = [f"{title}: {note}. Training: seconds per step; extraction: images/s.", "",
                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -558,6 +574,9 @@ def format_tables(summary, variants):
             for v in ms_variants:
                 s = per_variant.get(v)
                 cells.append(f"{s[metric] / best:.2f}" if s and best else "—")
+            if len(backends) > 1:
+                ours = [(per_variant[v][metric], v) for v in backends if v in per_variant]
+                cells.append(f"{min(ours)[0] / best:.2f} ({min(ours)[1]})" if ours and best else "—")
             for v in ms_alternatives:
                 s, ours = per_variant.get(v), per_variant.get("ms")
                 cells.append(f"{s[metric] / ours[metric]:.2f}" if s and ours else "—")
@@ -634,6 +653,8 @@ def main(argv=None):
                     size, batch = QUICK_SIZES[kind]
                 order = args.variants if round_index % 2 == 0 else args.variants[::-1]
                 for variant in order:
+                    if kind == "train" and parse_variant(variant)["engine"]:
+                        continue  # an inference engine does not train
                     result = measure(variant, config, size, batch, steps, data_dir, pool, args.timeout)
                     results.append(result)
                     key = "step_times" if kind == "train" else "cycle_times"

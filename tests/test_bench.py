@@ -63,6 +63,23 @@ def test_eval_rows_report_images_per_second():
     assert "| extract 224², batch 32 | 10.7 img/s |" in table  # 32 images / median 3.0 s
 
 
+def test_the_best_backend_is_compared_with_the_best_torch_variant():
+    assert bench_train.parse_variant("ms+openvino+threads=2")["engine"] == "openvino"
+    with pytest.raises(ValueError, match="malformed modifier 'onnxruntime'"):
+        bench_train.parse_variant("torch+onnxruntime")
+    results = [{"variant": v, "config": "eval64b32", "image_size": 64, "batch": 32, "cycle_times": [t, t],
+                "cpu_times": [t, t], "images": 64, "total_s": 2 * t}
+               for v, t in (("ms", 0.4), ("ms+onnxruntime", 0.1), ("ms+openvino", 0.16), ("torch", 0.2))]
+    variants = ["ms", "ms+onnxruntime", "ms+openvino", "torch"]
+    table = bench_train.format_tables(bench_train.summarize(results, ["eval64b32"], variants), variants)
+    head = next(line for line in table.splitlines() if line.startswith("| configuration"))
+    row = next(line for line in table.splitlines() if line.startswith("| extract 64²"))
+    cells = dict(zip([c.strip() for c in head.strip("|").split("|")], [c.strip() for c in row.strip("|").split("|")],
+                     strict=True))
+    assert cells["ms / best torch"] == "2.00" and cells["ms+openvino / best torch"] == "0.80"
+    assert cells["best backend / best torch"] == "0.50 (ms+onnxruntime)"
+
+
 def test_operator_kinds_partition_the_profiled_time():
     ms_ops = {"Conv2D": 300.0, "Conv2DBackpropInput": 400.0, "Conv2DBackpropFilter": 330.0, "ReLU": 10.0,
               "ReluGrad": 15.0, "ApplyMomentum": 40.0, "AddN": 20.0, "Mul": 9.0, "Tile": 5.0}

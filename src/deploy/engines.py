@@ -6,7 +6,8 @@
 An exported model has a fixed batch (export.py's --batch_size); an engine runs any number of images through
 it, padding the last short batch with zeros and dropping their rows (inference mode: rows are independent).
 Both engines compute in float32: OpenVINO's CPU plugin would otherwise pick bf16 on CPUs that have it
-(AVX512_BF16, AMX), which changes the features in the third digit.
+(AVX512_BF16, AMX). OpenVINO's oneDNN runs uncapped (src.runtime.env.onednn_uncapped): our AVX2 cap on AVX-512
+CPUs is for MindSpore's convolutions; OpenVINO's own blocked-layout kernels are faster without it.
 
 `onnx_for_checkpoint` writes the ONNX of a checkpoint's backbone once, next to the checkpoint, and reuses it
 while the checkpoint and the export settings are unchanged (eval.py --backend onnxruntime|openvino).
@@ -18,6 +19,7 @@ import tempfile
 
 import numpy as np
 
+from src.runtime.env import onednn_uncapped
 from src.runtime.log import get_logger
 
 logger = get_logger()
@@ -132,8 +134,10 @@ class OpenVinoEngine(_FixedBatchEngine):
             raise ValueError(f"{model_path}: expected a fixed input shape, found {shape}")
         config = {"INFERENCE_NUM_THREADS": check_threads(threads), "INFERENCE_PRECISION_HINT": "f32",
                   "PERFORMANCE_HINT": "LATENCY"}
-        self.compiled = core.compile_model(model, "CPU", config)
-        self.request = self.compiled.create_infer_request()
+        with onednn_uncapped():  # its oneDNN reads the cap when it first compiles
+            self.compiled = core.compile_model(model, "CPU", config)
+            self.request = self.compiled.create_infer_request()
+            self.request.infer([np.zeros(shape.to_shape(), np.float32)])
         super().__init__(model_path, shape.to_shape())
 
     def _run(self, images):

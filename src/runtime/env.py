@@ -20,6 +20,7 @@ A value the user set (ONEDNN_MAX_CPU_ISA or the older DNNL_MAX_CPU_ISA; OPENBLAS
 wins. Child processes inherit what we set; MARKER lists those variables, so that a child tells our
 choice from the user's.
 """
+import contextlib
 import os
 import platform
 import re
@@ -155,6 +156,20 @@ def configure(environ=None, flags=None, machine=None):
     if own_process:
         _state.update(configured=True, messages=messages)
     return messages
+
+
+@contextlib.contextmanager
+def onednn_uncapped(environ=None):
+    """Lift our oneDNN cap (not the user's) inside the block, for a library with its own oneDNN that reads
+    ONEDNN_MAX_CPU_ISA when it first runs: OpenVINO's CPU plugin, whose blocked-layout AVX-512 kernels are
+    fast (the cap is for MindSpore's NCHW convolutions) and which, capped at AVX2, has no bf16 kernels either.
+    MindSpore's own oneDNN, loaded separately, still sees the cap after the block."""
+    environ = os.environ if environ is None else environ
+    lifted = {name: environ.pop(name) for name in ONEDNN_VARS if name in environ and name in _ours(environ)}
+    try:
+        yield
+    finally:
+        environ.update(lifted)
 
 
 def blas_kernel_warning(kernel, flags, environ):
