@@ -1,6 +1,7 @@
 """The real entry points (train.py, eval.py, scripts/) run as subprocesses on a tiny generated problem."""
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -158,25 +159,29 @@ def test_resume_after_epoch_1_matches_an_uninterrupted_run_bit_for_bit(data, unt
     assert not np.array_equal(start["conv1.weight"], full["conv1.weight"])  # epoch 2 did train
 
 
-def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(data, untrained, tmp_path):
-    common = ["--loss_name", "softmax", "--dataset_path", data, "--class_num", "8", "--batch_size", "12",
-              "--output_dir", str(tmp_path), "--save_checkpoint_epochs", "1", "--epoch_size", "3", "--lr_max",
-              "0.01", "--lr_decay_mode", "const", *SMALL]
-    python("train.py", *common, "--ckpt_path", untrained, "--epoch_size", "2")
-    good = tmp_path / "ckpt" / "resnet50_softmax-2_8.ckpt"
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(data, recipe, tmp_path):
+    # Continue the recipe's softmax run for one more epoch, in a folder holding its last checkpoint, from a copy of
+    # that state whose head holds a NaN (as after a numerical blow-up; a NaN inside the backbone would be zeroed by
+    # its ReLUs): the first step's loss is NaN.
+    _, logs, _ = recipe
+    source = final_checkpoint(logs["softmax"])
+    epoch, step = (int(x) for x in re.search(r"-(\d+)_(\d+)\.ckpt$", source).groups())  # step: global
+    (tmp_path / "ckpt").mkdir()
+    good = tmp_path / "ckpt" / os.path.basename(source)
+    shutil.copyfile(source, good)
     before = good.read_bytes()
-    # Continue for a third epoch from a copy of that state whose head holds a NaN (as after a numerical
-    # blow-up; a NaN inside the backbone would be zeroed by its ReLUs): the first step's loss is NaN.
     values = load_values(good)
     values["fc.bias"][0] = np.nan
     poisoned = str(tmp_path / "poisoned.ckpt")
     ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in values.items()], poisoned)
-    log = python("train.py", *common, "--resume", poisoned, expect=1)
+    log = python("train.py", "--loss_name", "softmax", "--dataset_path", data, "--class_num", "8", "--batch_size",
+                 "12", "--output_dir", str(tmp_path), "--save_checkpoint_epochs", "1", "--epoch_size", str(epoch + 1),
+                 "--lr_max", "0.01", "--lr_decay_mode", "const", *SMALL, "--resume", poisoned, expect=1)
     error = [line for line in log.splitlines() if "ERROR" in line]
     assert len(error) == 1, log
-    assert re.search(r"loss is nan at epoch 3 step 1 \(global step 9\)", error[0]), error
+    assert re.search(rf"loss is nan at epoch {epoch + 1} step 1 \(global step {step + 1}\)", error[0]), error
     assert "Traceback" not in log
-    assert sorted(os.listdir(tmp_path / "ckpt")) == ["resnet50_softmax-2_8.ckpt"]  # nothing new, nothing half
+    assert sorted(os.listdir(tmp_path / "ckpt")) == [good.name]  # nothing new, nothing half
     assert good.read_bytes() == before
 
 

@@ -42,13 +42,28 @@ def data(tmp_path_factory):
     return make_retrieval_dataset(str(tmp_path_factory.mktemp("data")))
 
 
+def loss_run_args(loss, data):
+    """train.py's options for a 2-epoch run of `loss` on the demo set, a checkpoint after each epoch."""
+    return ["--loss_name", loss, "--dataset_path", data, "--batch_size", "8", "--epoch_size", "2",
+            "--save_checkpoint_epochs", "1", "--keep_checkpoint_max", "2", "--lr_max", "0.01", "--lr_init", "0.01",
+            "--lr_decay_mode", "const", *OPTIONS[loss], *SMALL]
+
+
+@pytest.fixture(scope="module")
+def proxyanchor_run(data, tmp_path_factory):
+    """(output folder, log) of the proxyanchor run: trained end to end, and the run the resume test continues."""
+    out = tmp_path_factory.mktemp("proxyanchor")
+    return out, train(*loss_run_args("proxyanchor", data), "--output_dir", str(out))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("loss", sorted(OPTIONS))
-def test_each_new_loss_trains_end_to_end(data, tmp_path, loss):
-    out = tmp_path / loss
-    log = train("--loss_name", loss, "--dataset_path", data, "--output_dir", str(out), "--batch_size", "8",
-                "--epoch_size", "2", "--save_checkpoint_epochs", "1", "--keep_checkpoint_max", "2", "--lr_max", "0.01",
-                "--lr_init", "0.01", "--lr_decay_mode", "const", *OPTIONS[loss], *SMALL)
+def test_each_new_loss_trains_end_to_end(data, tmp_path, loss, request):
+    if loss == "proxyanchor":
+        out, log = request.getfixturevalue("proxyanchor_run")
+    else:
+        out = tmp_path / loss
+        log = train(*loss_run_args(loss, data), "--output_dir", str(out))
     means = [float(x) for x in re.findall(r"epoch: \d/2 done, mean loss ([0-9.eE+-]+)", log)]
     assert len(means) == 2 and all(math.isfinite(m) and m > 0 for m in means), means
     first, last = (values(next((out / "ckpt").glob(f"resnet50_{loss}-{e}_*.ckpt"))) for e in (1, 2))
@@ -114,18 +129,16 @@ def test_stage_configs_carry_the_published_values():
 
 
 @pytest.mark.slow
-def test_a_proxy_loss_resumes_bit_for_bit(data, tmp_path):
+def test_a_proxy_loss_resumes_bit_for_bit(data, proxyanchor_run, tmp_path):
     """Proxy-Anchor with its proxies at 100 x the rate (two learning-rate groups in the optimizer): resumed after
-    epoch 1, the run ends where an uninterrupted one does."""
-    common = ["--loss_name", "proxyanchor", "--dataset_path", data, "--batch_size", "8", "--epoch_size", "2",
-              "--save_checkpoint_epochs", "1", "--keep_checkpoint_max", "5", "--class_num", "8", "--lr_max", "0.001",
-              "--lr_decay_mode", "const", "--seed", "3", *SMALL]
-    train(*common, "--output_dir", str(tmp_path / "full"))
-    after_epoch_1 = next((tmp_path / "full" / "ckpt").glob("resnet50_proxyanchor-1_*.ckpt"))
-    log = train(*common, "--resume", str(after_epoch_1), "--output_dir", str(tmp_path / "resumed"))
+    epoch 1, the run ends where the uninterrupted one (proxyanchor_run) does."""
+    full_dir = proxyanchor_run[0] / "ckpt"
+    after_epoch_1 = next(full_dir.glob("resnet50_proxyanchor-1_*.ckpt"))
+    log = train(*loss_run_args("proxyanchor", data), "--resume", str(after_epoch_1), "--output_dir",
+                str(tmp_path / "resumed"))
     assert "resumed from" in log
-    final = next((tmp_path / "full" / "ckpt").glob("resnet50_proxyanchor-2_*.ckpt")).name
-    full = values(tmp_path / "full" / "ckpt" / final)
+    final = next(full_dir.glob("resnet50_proxyanchor-2_*.ckpt")).name
+    full = values(full_dir / final)
     resumed = values(tmp_path / "resumed" / "ckpt" / final)
     # groups: decayed network parameters, BatchNorm's (no decay), the proxies with their own rate (group 2)
     assert full.keys() == resumed.keys() and "learning_rate_group_2" in full
