@@ -24,12 +24,15 @@ def bash_blocks(text):
 
 
 def block_commands(block):
-    """Commands of a bash block: continuation lines joined, comments dropped, split at ; && || |."""
+    """Commands of a bash block: continuation lines joined, comments dropped, split at ; && || |, leading
+    VAR=value assignments dropped (the command they prefix is checked)."""
     commands = []
     for line in block.replace("\\\n", " ").splitlines():
         words = shlex.split(line, comments=True)
         command = []
         for word in words + [";"]:
+            if not command and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", word):
+                continue
             if word in (";", "&&", "||", "|"):
                 if command:
                     commands.append(command)
@@ -124,10 +127,12 @@ def test_every_command_names_existing_scripts_and_options(readme, monkeypatch):
 def test_checker_catches_wrong_commands(monkeypatch):
     block = ("bash scripts/no_such_script.sh X   # comment --not_a_flag\n"
              "python eval.py --dataset_path d --ckpt_path c \\\n    --no_such_option 1 --image_size=64\n"
-             "python train.py --loss_name triplet --epoch_size 2 && python postprocess.py --image_size 64\n")
+             "python train.py --loss_name triplet --epoch_size 2 && python postprocess.py --image_size 64\n"
+             "BACKEND=openvino bash scripts/run_infer_cpu.sh M D\n")
     commands = block_commands(block)
     assert [c[:2] for c in commands] == [["bash", "scripts/no_such_script.sh"], ["python", "eval.py"],
-                                         ["python", "train.py"], ["python", "postprocess.py"]]
+                                         ["python", "train.py"], ["python", "postprocess.py"],
+                                         ["bash", "scripts/run_infer_cpu.sh"]]
     problems = [p for c in commands for p in command_problems(c, monkeypatch, config_keys())]
     assert problems == ["scripts/no_such_script.sh does not exist",
                         "python eval.py: --no_such_option is neither an option nor a config key",
