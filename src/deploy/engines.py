@@ -15,6 +15,7 @@ while the checkpoint and the export settings are unchanged (eval.py --backend on
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -176,18 +177,20 @@ def onnx_for_checkpoint(backbone, ckpt_path, image_size, batch_size, settings=No
     Cached next to the checkpoint (onnx_cache_path; `settings`: the backbone's padding and head): a changed
     checkpoint or setting is exported again. Where the checkpoint's folder is not writable, the file goes
     to a temporary folder (a warning says so). `ckpt_path` None (a random init): always a temporary file.
+    Returns (path, cached): `cached` False for a temporary file, which the caller removes when done with it.
     """
     name = None
     if ckpt_path is not None:
         name = onnx_cache_path(ckpt_path, image_size, batch_size, settings)
         if os.path.isfile(name):
             logger.info("ONNX model: reusing %s (same checkpoint and settings)", name)
-            return name
+            return name, True
         if not os.access(os.path.dirname(name), os.W_OK):
             logger.warning("%s is not writable: the ONNX model goes to a temporary folder (exported again "
                            "next time)", os.path.dirname(name))
             name = None
-    if name is None:
+    cached = name is not None
+    if not cached:
         name = os.path.join(tempfile.mkdtemp(prefix="metric_learn_onnx_"), "backbone.onnx")
     from src.deploy.export import FeatureNet, export_network
 
@@ -198,9 +201,13 @@ def onnx_for_checkpoint(backbone, ckpt_path, image_size, batch_size, settings=No
         net.set_train(False)
         logger.info("ONNX model: exporting the backbone (%d px, batch %d) to %s", image_size, batch_size, name)
         path = export_network(net, name, "ONNX", batch_size=batch_size, image_size=image_size)
+    except BaseException:
+        if not cached:
+            shutil.rmtree(os.path.dirname(name), ignore_errors=True)
+        raise
     finally:
         backbone.set_train(was_training)
-    return path
+    return path, cached
 
 
 def extraction_engine(backend, backbone, ckpt_path, image_size, batch_size, threads=None, settings=None):
@@ -209,7 +216,11 @@ def extraction_engine(backend, backbone, ckpt_path, image_size, batch_size, thre
     if check_backend(backend) == "mindspore":
         return backbone
     _import_engine(backend)  # a missing package fails before the export
-    path = onnx_for_checkpoint(backbone, ckpt_path, image_size, batch_size, settings)
-    engine = open_engine(backend, path, threads)
+    path, cached = onnx_for_checkpoint(backbone, ckpt_path, image_size, batch_size, settings)
+    try:
+        engine = open_engine(backend, path, threads)
+    finally:
+        if not cached:  # the engine holds the model now
+            shutil.rmtree(os.path.dirname(path), ignore_errors=True)
     logger.info("features by %s on %s, %d thread(s)", backend, path, check_threads(threads))
     return engine

@@ -110,7 +110,7 @@ def test_the_cached_model_is_reused_until_the_checkpoint_or_a_setting_changes(tm
     assert os.path.dirname(cached) == str(tmp_path) and os.path.basename(cached).startswith("a.ckpt.32px-b4-")
     with open(cached, "w") as f:
         f.write("onnx")
-    assert engines.onnx_for_checkpoint(None, str(ckpt), 32, 4, {"pooling": "avg"}) == cached  # no export
+    assert engines.onnx_for_checkpoint(None, str(ckpt), 32, 4, {"pooling": "avg"}) == (cached, True)  # no export
     changed = {engines.onnx_cache_path(str(ckpt), 32, 4, {"pooling": "max"}),
                engines.onnx_cache_path(str(ckpt), 64, 4, {"pooling": "avg"}),
                engines.onnx_cache_path(str(ckpt), 32, 8, {"pooling": "avg"})}
