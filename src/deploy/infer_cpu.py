@@ -116,6 +116,9 @@ def main(argv=None):
         shape = mindir_input_shape(args.model_path)
     else:  # one image per input file; the engine runs it in the model's batch
         shape = (1,) + engine.input_shape[1:]
+        if engine.batch > 1:
+            logger.warning("%s takes batches of %d: each input runs padded to %d images (export.py --batch_size 1 "
+                           "wastes nothing)", args.model_path, engine.batch, engine.batch)
     expected, size = 4 * int(np.prod(shape)), os.path.getsize(inputs[0])
     if size != expected:
         raise ValueError(f"{inputs[0]} has {size} bytes, the model input (float32 {'x'.join(map(str, shape))}) "
