@@ -8,7 +8,13 @@ import os
 import mindspore as ms
 
 from src.deploy.engines import BACKENDS, check_backend, check_threads, extraction_engine
-from src.evaluation.features import evaluate_backbone, evaluate_query_gallery, save_features
+from src.evaluation.features import (
+    evaluate_backbone,
+    evaluate_query_gallery,
+    read_checked_list,
+    read_checked_query_gallery,
+    save_features,
+)
 from src.evaluation.metrics import format_metrics_table
 from src.evaluation.visualize import draw_retrievals, save_image
 from src.models.checkpoint import load_backbone_checkpoint, resolve_padding
@@ -73,6 +79,11 @@ def main(argv=None):
     init_context(args.device_target, args.device_id)
     if args.device_target == "CPU":
         ms.set_context(runtime_num_threads=threads)
+    # The lists are read and checked before the network is built (and, for an engine, exported).
+    if query_gallery:
+        lists = read_checked_query_gallery(args.dataset_path, args.query_list, args.gallery_list, cfg)
+    else:
+        images = read_checked_list(args.dataset_path, args.eval_list, cfg)
     ms.set_seed(cfg.seed)
     padding = resolve_padding(cfg[CONVENTION_KEY], [args.ckpt_path])
     backbone = backbone_from_config(cfg, padding)
@@ -83,10 +94,11 @@ def main(argv=None):
     extra = {}
     if query_gallery:
         metrics, (features, labels, paths), gallery = evaluate_query_gallery(
-            backbone, args.dataset_path, args.query_list, args.gallery_list, cfg, ks=ks)
+            backbone, args.dataset_path, args.query_list, args.gallery_list, cfg, ks=ks, lists=lists)
         extra = dict(zip(("gallery_features", "gallery_labels", "gallery_paths"), gallery, strict=True))
     else:
-        metrics, features, labels, paths = evaluate_backbone(backbone, args.dataset_path, args.eval_list, cfg, ks=ks)
+        metrics, features, labels, paths = evaluate_backbone(backbone, args.dataset_path, args.eval_list, cfg, ks=ks,
+                                                             images=images)
     if args.save_features:
         save_features(args.save_features, features, labels, paths, **extra)
         logger.info("features saved to %s", args.save_features)
