@@ -5,7 +5,7 @@
 
 Runs the model on CPU, one *.bin input file (sorted by name) per call: --backend mindspore (default) runs the
 MindIR through MindSpore (`nn.GraphCell(ms.load(path))`); onnxruntime / openvino run the ONNX export
-(src/deploy/engines.py). It and writes <output_dir>/result_Files/<name>_<k>.bin per output k and
+(src/deploy/engines.py). It writes <output_dir>/result_Files/<name>_<k>.bin per output k and
 the average latency to <output_dir>/time_Result/test_perform_static.txt (see src/deploy/infer_data.py).
 """
 import argparse
@@ -81,7 +81,8 @@ def run_model(forward, input_files, output_dir, input_shape):
 def parse_args(argv=None):
     # No config here, so not src.runtime.cli.make_parser (whose help offers config overrides).
     parser = argparse.ArgumentParser(prog="python -m src.deploy.infer_cpu",
-                                     description="Run a MindIR on CPU over preprocessed *.bin inputs.",
+                                     description="Run an exported model (MindIR or ONNX) on CPU over preprocessed "
+                                                 "*.bin inputs.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--mindir_path", "--model_path", dest="model_path", required=True,
                         help="exported model: MINDIR for --backend mindspore, ONNX for the others (export.py "

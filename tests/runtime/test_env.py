@@ -62,6 +62,20 @@ def test_a_child_process_tells_inherited_choices_from_the_users():
     assert not any(name in child for name in CHOSEN_VARS)
 
 
+def test_onednn_uncapped_lifts_our_cap_only_inside_the_block():
+    ours, _ = configured({}, AVX512_BF16)
+    before = dict(ours)
+    with runtime_env.onednn_uncapped(ours):
+        assert "ONEDNN_MAX_CPU_ISA" not in ours and ours["OPENBLAS_CORETYPE"] == "Cooperlake"
+    assert ours == before
+    users, _ = configured({"ONEDNN_MAX_CPU_ISA": "AVX2"}, AVX512_BF16)
+    with runtime_env.onednn_uncapped(users):
+        assert users["ONEDNN_MAX_CPU_ISA"] == "AVX2"  # the user's cap stays
+    with pytest.raises(KeyError), runtime_env.onednn_uncapped(ours):
+        raise KeyError("an error inside the block")
+    assert ours == before
+
+
 def test_cpu_flags_reads_the_first_processor(tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu\n")
