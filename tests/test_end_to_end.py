@@ -63,6 +63,11 @@ def untrained(tmp_path_factory):
     return path
 
 
+def triplet_options(data):
+    return ["--loss_name", "triplet", "--dataset_path", data, "--batch_size", "6", "--epoch_size", "2",
+            "--save_checkpoint_epochs", "1", "--keep_checkpoint_max", "5", *SMALL]
+
+
 @pytest.fixture(scope="module")
 def recipe(data, untrained, tmp_path_factory):
     """softmax (from the untrained backbone) -> triplet -> quadruplet, as the seed's two-stage recipe."""
@@ -74,9 +79,9 @@ def recipe(data, untrained, tmp_path_factory):
                              "--output_dir", str(out / "softmax"), "--class_num", "8", "--batch_size", "12",
                              "--epoch_size", "8", "--lr_max", "0.01", "--lr_decay_mode", "const", "--run_eval",
                              "--eval_list", "test.txt", "--eval_interval", "4", *SMALL)
-    logs["triplet"] = python("train.py", "--loss_name", "triplet", "--dataset_path", data, "--ckpt_path",
-                             final_checkpoint(logs["softmax"]), "--output_dir", str(out / "triplet"),
-                             "--batch_size", "6", "--epoch_size", "1", *SMALL)
+    # Two epochs with a checkpoint after each: the resume test continues this run from epoch 1.
+    logs["triplet"] = python("train.py", *triplet_options(data), "--ckpt_path", final_checkpoint(logs["softmax"]),
+                             "--output_dir", str(out / "triplet"))
     logs["quadruplet"] = python("train.py", "--loss_name", "quadruplet", "--dataset_path", data, "--ckpt_path",
                                 final_checkpoint(logs["triplet"]), "--output_dir", str(out / "quadruplet"),
                                 "--batch_size", "8", "--epoch_size", "1", *SMALL)
@@ -116,9 +121,9 @@ def test_history_csv_has_one_row_per_epoch_with_the_logged_values(recipe):
 
 def test_metric_stages_write_backbone_checkpoints_named_after_the_loss(recipe):
     out, logs, _ = recipe
-    for stage, steps in (("triplet", 8), ("quadruplet", 6)):
-        # 48 images: triplet 16 triplets / 2 per batch = 8 steps; P x K 48 / 8 = 6 steps.
-        assert final_checkpoint(logs[stage]).endswith(f"resnet50_{stage}-1_{steps}.ckpt")
+    for stage, epoch, steps in (("triplet", 2, 16), ("quadruplet", 1, 6)):
+        # 48 images: triplet 16 triplets / 2 per batch = 8 steps an epoch; P x K 48 / 8 = 6 steps.
+        assert final_checkpoint(logs[stage]).endswith(f"resnet50_{stage}-{epoch}_{steps}.ckpt")
         keys = load_values(final_checkpoint(logs[stage]))
         assert "fc.weight" not in keys and "conv1.weight" in keys and "moments.conv1.weight" in keys
 
@@ -143,14 +148,14 @@ def test_eval_metrics_equal_brute_force_on_saved_features(recipe):
     assert eval_recall(logs["eval"]) == pytest.approx(hits[:, 0].mean(), abs=1e-4)
 
 
-def test_resume_after_epoch_1_matches_an_uninterrupted_run_bit_for_bit(data, untrained, tmp_path):
-    common = ["--loss_name", "triplet", "--dataset_path", data, "--batch_size", "6", "--epoch_size", "2",
-              "--save_checkpoint_epochs", "1", "--keep_checkpoint_max", "5", "--lr_max", "0.001", *SMALL]
-    python("train.py", *common, "--ckpt_path", untrained, "--output_dir", str(tmp_path / "full"))
-    after_epoch_1 = tmp_path / "full" / "ckpt" / "resnet50_triplet-1_8.ckpt"
-    log = python("train.py", *common, "--resume", str(after_epoch_1), "--output_dir", str(tmp_path / "resumed"))
+def test_resume_after_epoch_1_matches_an_uninterrupted_run_bit_for_bit(data, recipe, tmp_path):
+    out, _, _ = recipe  # its triplet stage: 2 epochs from the softmax stage, a checkpoint after each
+    full_dir = out / "triplet" / "ckpt"
+    after_epoch_1 = full_dir / "resnet50_triplet-1_8.ckpt"
+    log = python("train.py", *triplet_options(data), "--resume", str(after_epoch_1), "--output_dir",
+                 str(tmp_path / "resumed"))
     assert "resumed from" in log and "epoch: 1/2" not in log
-    full = load_values(tmp_path / "full" / "ckpt" / "resnet50_triplet-2_16.ckpt")
+    full = load_values(full_dir / "resnet50_triplet-2_16.ckpt")
     resumed = load_values(tmp_path / "resumed" / "ckpt" / "resnet50_triplet-2_16.ckpt")
     assert full.keys() == resumed.keys()
     different = [k for k in full if not np.array_equal(full[k], resumed[k])]
