@@ -8,18 +8,30 @@ if ROOT not in sys.path:
 import src.runtime.env  # noqa: E402,F401
 
 # isort: split
+import json  # noqa: E402
 import shutil  # noqa: E402
 
 import pytest  # noqa: E402
 
+# Seconds each module took (the sum of its tests' --durations lines, one quiet run on 2 cores); only their order
+# matters. A module missing here counts SLOW_TEST_SECONDS per slow test.
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "module_seconds.json"), encoding="utf-8") as _f:
+    MODULE_SECONDS = json.load(_f)
+SLOW_TEST_SECONDS = 8
+
 
 def pytest_collection_modifyitems(items):
-    """Modules with the most end-to-end (slow) tests first: with the suite spread over workers a module at a time
-    (pytest-xdist --dist loadfile), the long modules start at once instead of being left for the end."""
+    """The longest modules first: with the suite spread over workers a module at a time (pytest-xdist --dist
+    loadfile), a long module started last would run alone at the end while the other workers sit idle."""
     slow = {}
     for item in items:
-        slow[item.module.__name__] = slow.get(item.module.__name__, 0) + (item.get_closest_marker("slow") is not None)
-    items.sort(key=lambda item: -slow[item.module.__name__])  # stable: the order inside a module is kept
+        slow[item.module.__file__] = slow.get(item.module.__file__, 0) + (item.get_closest_marker("slow") is not None)
+
+    def seconds(path):
+        rel = os.path.relpath(path, ROOT).replace(os.sep, "/")
+        return MODULE_SECONDS.get(rel, SLOW_TEST_SECONDS * slow[path])
+
+    items.sort(key=lambda item: -seconds(item.module.__file__))  # stable: the order inside a module is kept
 
 
 @pytest.hookimpl(hookwrapper=True)
