@@ -7,7 +7,7 @@ import os
 
 import mindspore as ms
 
-from src.deploy.engines import BACKENDS, check_backend, check_threads, extraction_engine
+from src.deploy.engines import add_engine_arguments, check_backend, check_threads, extraction_engine
 from src.evaluation.features import (
     evaluate_backbone,
     evaluate_query_gallery,
@@ -53,11 +53,8 @@ def parse_args(argv=None):
     parser.add_argument("--save_retrievals", default=None, metavar="PNG",
                         help="draw 6 queries (fixed seed) with their top-5 neighbours, framed green (same class) "
                              "or red, with squared L2 distances, into this image")
-    parser.add_argument("--backend", default="mindspore", metavar="{" + ",".join(BACKENDS) + "}",
-                        help="what extracts the features on CPU: mindspore (the network itself), or onnxruntime / "
-                             "openvino on its ONNX export (written once next to the checkpoint and reused)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="threads that extract the features (default: every core this process may use)")
+    add_engine_arguments(parser, "what extracts the features on CPU: mindspore (the network itself), or onnxruntime "
+                                 "/ openvino on its ONNX export (written once next to the checkpoint and reused)")
     add_recall_ks_argument(parser)
     return parse_with_overrides(parser, argv)
 

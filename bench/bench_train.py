@@ -66,6 +66,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from synthetic_images import make_jpegs  # noqa: E402
 
+from src.deploy import engines  # noqa: E402
+
 JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
 TUNED_MALLOC_CONF = "oversize_threshold:0,background_thread:true,metadata_thp:auto,dirty_decay_ms:-1,muzzy_decay_ms:-1"
 RESULT_TAG = "BENCH_RESULT "
@@ -83,7 +85,7 @@ QUICK_SIZES = {"train": (32, 6), "eval": (32, 8)}
 # ms: train.py as it runs (src/runtime/env.py's CPU dispatch); ms+isa=ALL: MindSpore's own default (oneDNN
 # uncapped, reference convolutions on AVX-512 CPUs: one timed step, it is 15-50x slower there).
 DEFAULT_VARIANTS = ("ms", "ms+onnxruntime", "ms+openvino", "ms+isa=ALL+steps=1", "torch", "torch+jemalloc")
-ENGINES = ("onnxruntime", "openvino")  # eval.py's other --backend values (src/deploy/engines.py)
+ENGINES = tuple(engines.ENGINES)  # eval.py's other --backend values
 BACKEND_VARIANTS = ("ms",) + tuple(f"ms+{engine}" for engine in ENGINES)
 
 

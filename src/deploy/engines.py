@@ -40,6 +40,13 @@ def check_backend(name):
     return name
 
 
+def add_engine_arguments(parser, backend_help):
+    """--backend (default mindspore; checked by check_backend, so a bad value is a one-line error) and --threads."""
+    parser.add_argument("--backend", default="mindspore", metavar="{" + ",".join(BACKENDS) + "}", help=backend_help)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="inference threads (default: every core this process may use)")
+
+
 def default_threads():
     """The cores this process may run on (its CPU affinity), at least 1."""
     try:

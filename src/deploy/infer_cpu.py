@@ -17,7 +17,7 @@ import numpy as np
 from mindspore import nn
 from mindspore.train import mind_ir_pb2
 
-from src.deploy.engines import BACKENDS, check_backend, check_threads, open_engine
+from src.deploy.engines import add_engine_arguments, check_backend, check_threads, open_engine
 from src.deploy.infer_data import RESULT_DIR, list_input_files, read_array, result_name, write_latency
 from src.runtime.atomic_file import write_atomic
 from src.runtime.cli import run
@@ -92,10 +92,7 @@ def parse_args(argv=None):
     parser.add_argument("--output_dir", default=".", help=f"gets {RESULT_DIR}/ and time_Result/")
     parser.add_argument("--image_size", type=int, default=None,
                         help="input is 1x3xSxS; default: the shape stored in the model")
-    parser.add_argument("--backend", default="mindspore", metavar="{" + ",".join(BACKENDS) + "}",
-                        help="what runs the model: mindspore (a MindIR), onnxruntime or openvino (an ONNX file)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="inference threads (default: every core this process may use)")
+    add_engine_arguments(parser, "what runs the model: mindspore (a MindIR), onnxruntime or openvino (an ONNX file)")
     return parser.parse_args(argv)
 
 
