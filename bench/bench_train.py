@@ -34,6 +34,7 @@ within a round, their order reversed every other round. A variant is a base and 
   +env:KEY=VALUE     any environment variable for the measured process, as a user would export it
   +isa=X             ONEDNN_MAX_CPU_ISA=X as a user would export it (src/runtime/env.py keeps it); ALL is
                      oneDNN's default, i.e. MindSpore without our setting
+  +conv=onednn|mindspore  (ms) config cpu_conv: the backbone's convolutions (default: the config's, onednn)
   +steps=N           timed steps (eval: batches, at least 2) for this variant, instead of --steps (for slow variants)
   +onnxruntime       (ms, extraction only) eval.py --backend onnxruntime: the backbone's ONNX export in ONNX Runtime
   +openvino          (ms, extraction only) eval.py --backend openvino: the same ONNX file in OpenVINO
@@ -67,6 +68,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from synthetic_images import make_jpegs  # noqa: E402
 
 from src.deploy import engines  # noqa: E402
+from src.models import onednn_build  # noqa: E402
 
 JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
 TUNED_MALLOC_CONF = "oversize_threshold:0,background_thread:true,metadata_thp:auto,dirty_decay_ms:-1,muzzy_decay_ms:-1"
@@ -98,7 +100,7 @@ def parse_variant(name):
     if base not in ("ms", "torch"):
         raise ValueError(f"variant {name!r}: must start with 'ms' or 'torch'")
     spec = {"framework": base, "jemalloc": None, "jit": None, "threads": None, "interop": None, "workers": None,
-            "prefetch": None, "thread_workers": False, "env": {}, "steps": None, "engine": None}
+            "prefetch": None, "thread_workers": False, "env": {}, "steps": None, "engine": None, "conv": None}
     for mod in mods:
         key, sep, value = mod.partition("=")
         if key in ("jemalloc", "jemalloc-default") and not sep:
@@ -113,6 +115,8 @@ def parse_variant(name):
             spec["engine"] = key
         elif key == "threadworkers" and not sep and base == "ms":
             spec["thread_workers"] = True
+        elif key == "conv" and value in onednn_build.IMPLEMENTATIONS and base == "ms":
+            spec["conv"] = value
         elif key == "jit" and value in ("O0", "O1", "O2") and base == "ms":
             spec["jit"] = value
         elif key in ("threads", "interop", "workers", "prefetch", "steps") and value.isdigit():
@@ -154,6 +158,8 @@ def run_ms_train(job):
                  "log_interval=100000"]
     if spec["workers"] is not None:
         overrides.append(f"num_parallel_workers={spec['workers']}")
+    if spec["conv"]:
+        overrides.append(f"cpu_conv={spec['conv']}")
     cfg = load_config("triplet", "CPU", overrides=overrides)
     init_context("CPU")
     _apply_ms_options(ms, mds, spec)
@@ -260,8 +266,10 @@ def run_ms_eval(job):
     _apply_ms_options(ms, mds, spec)
     make = functools.partial(create_dataset, python_multiprocessing=not spec["thread_workers"])
     ms.set_seed(cfg.seed)
-    backbone = ResNet50()
     threads = ms.get_context("runtime_num_threads")
+    # As eval.py: the config's convolutions for the mindspore backend, MindSpore's for an engine's export.
+    conv = "mindspore" if spec["engine"] else onednn_build.resolve(spec["conv"] or cfg.cpu_conv, "CPU")
+    backbone = ResNet50(conv=conv)
     if spec["engine"]:
         threads = check_threads(spec["threads"])
         backbone = extraction_engine(spec["engine"], backbone, None, size, batch, threads)

@@ -15,6 +15,9 @@ trained under each:
 from mindspore import nn, ops
 from mindspore.common.initializer import HeNormal
 
+from src.models.onednn_build import check_implementation
+from src.models.onednn_conv import OneDnnConv2d
+
 FEATURE_DIM = 2048
 EXPANSION = 4
 PADDINGS = ("same", "symmetric")
@@ -50,9 +53,10 @@ class L2Normalize(nn.Cell):
         return l2_normalize(x, self.axis, self.eps)
 
 
-def _conv(in_channel, out_channel, kernel_size, stride=1, padding="same"):
+def _conv(in_channel, out_channel, kernel_size, stride=1, padding="same", conv="mindspore"):
     pads = {"pad_mode": "same"} if padding == "same" else {"pad_mode": "pad", "padding": kernel_size // 2}
-    return nn.Conv2d(in_channel, out_channel, kernel_size=kernel_size, stride=stride, has_bias=False,
+    cls = nn.Conv2d if check_implementation(conv) == "mindspore" else OneDnnConv2d
+    return cls(in_channel, out_channel, kernel_size=kernel_size, stride=stride, has_bias=False,
                      weight_init=HeNormal(mode="fan_out", nonlinearity="relu"), **pads)
 
 
@@ -65,21 +69,21 @@ def _bn(channel, last_in_block=False, padding="same"):
 class Bottleneck(nn.Cell):
     """1x1 -> 3x3 (carries the stride: v1.5) -> 1x1 with a projection shortcut when shapes change."""
 
-    def __init__(self, in_channel, out_channel, stride=1, padding="same"):
+    def __init__(self, in_channel, out_channel, stride=1, padding="same", conv="mindspore"):
         super().__init__()
         mid = out_channel // EXPANSION
-        self.conv1 = _conv(in_channel, mid, 1, padding=padding)
+        self.conv1 = _conv(in_channel, mid, 1, padding=padding, conv=conv)
         self.bn1 = _bn(mid, padding=padding)
-        self.conv2 = _conv(mid, mid, 3, stride=stride, padding=padding)
+        self.conv2 = _conv(mid, mid, 3, stride=stride, padding=padding, conv=conv)
         self.bn2 = _bn(mid, padding=padding)
-        self.conv3 = _conv(mid, out_channel, 1, padding=padding)
+        self.conv3 = _conv(mid, out_channel, 1, padding=padding, conv=conv)
         self.bn3 = _bn(out_channel, last_in_block=True, padding=padding)
         self.relu = nn.ReLU()
         self.down_sample = stride != 1 or in_channel != out_channel
         self.down_sample_layer = None
         if self.down_sample:
             self.down_sample_layer = nn.SequentialCell([_conv(in_channel, out_channel, 1, stride=stride,
-                                                              padding=padding),
+                                                              padding=padding, conv=conv),
                                                         _bn(out_channel, padding=padding)])
 
     def construct(self, x):
@@ -99,13 +103,15 @@ class ResNet50(nn.Cell):
     `padding`: "same" or "symmetric" (see the module docstring). The head: `pooling` "avg" (the seed's), "max"
     or "avg+max" (their sum, as Proxy-Anchor's code); `embedding_size` > 0 adds `embedding`, a Dense(2048 ->
     embedding_size) (parameters embedding.weight / embedding.bias); `embedding_normalize` L2-normalises the
-    output."""
+    output. `conv`: "mindspore" (nn.Conv2d) or "onednn" (src/models/onednn_conv.py's OneDnnConv2d, CPU only;
+    the same parameters)."""
 
     LAYERS = (3, 4, 6, 3)
     WIDTHS = (256, 512, 1024, 2048)
     STRIDES = (1, 2, 2, 2)
 
-    def __init__(self, padding="same", pooling="avg", embedding_size=0, embedding_normalize=False):
+    def __init__(self, padding="same", pooling="avg", embedding_size=0, embedding_normalize=False,
+                 conv="mindspore"):
         super().__init__()
         self.padding = check_padding(padding)
         if pooling not in POOLINGS:
@@ -117,7 +123,7 @@ class ResNet50(nn.Cell):
         self.embedding_normalize = bool(embedding_normalize)
         self.out_dim = feature_dim(self.embedding_size)
         self.embedding = nn.Dense(FEATURE_DIM, self.embedding_size) if self.embedding_size else None
-        self.conv1 = _conv(3, 64, 7, stride=2, padding=padding)
+        self.conv1 = _conv(3, 64, 7, stride=2, padding=padding, conv=conv)
         self.bn1 = _bn(64, padding=padding)
         self.relu = nn.ReLU()
         pool_pads = {"pad_mode": "same"} if padding == "same" else {"pad_mode": "pad", "padding": 1}
@@ -125,8 +131,8 @@ class ResNet50(nn.Cell):
         in_channel = 64
         stages = []
         for blocks, width, stride in zip(self.LAYERS, self.WIDTHS, self.STRIDES, strict=True):
-            layer = [Bottleneck(in_channel, width, stride, padding)]
-            layer += [Bottleneck(width, width, padding=padding) for _ in range(blocks - 1)]
+            layer = [Bottleneck(in_channel, width, stride, padding, conv)]
+            layer += [Bottleneck(width, width, padding=padding, conv=conv) for _ in range(blocks - 1)]
             stages.append(nn.SequentialCell(layer))
             in_channel = width
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
@@ -182,7 +188,7 @@ class ClassifierHead(nn.Cell):
 
 def resnet50(class_num, padding="same", **head):
     """ResNet-50 v1.5 with a `class_num`-way classification head; `.backbone` gives the features. `head`:
-    pooling / embedding_size / embedding_normalize of the backbone."""
+    pooling / embedding_size / embedding_normalize / conv of the backbone."""
     return ResNet50WithHead(class_num, padding, **head)
 
 
@@ -195,9 +201,10 @@ def freeze_batchnorm(network):
     return len(layers)
 
 
-def backbone_from_config(cfg, padding):
-    """ResNet50 with the config's head keys (pooling, embedding_size, embedding_normalize) and `padding`."""
-    return ResNet50(padding, **head_options(cfg))
+def backbone_from_config(cfg, padding, conv="mindspore"):
+    """ResNet50 with the config's head keys (pooling, embedding_size, embedding_normalize), `padding` and
+    `conv` (see ResNet50)."""
+    return ResNet50(padding, conv=conv, **head_options(cfg))
 
 
 def head_options(cfg):

@@ -83,6 +83,11 @@ def _user_value(environ, names):
     return None
 
 
+def user_onednn_cap(environ=None):
+    """(name, value) of a oneDNN ISA cap the user set (not we), else None."""
+    return _user_value(os.environ if environ is None else environ, ONEDNN_VARS)
+
+
 def _is_x86(machine):
     return machine in ("x86_64", "amd64", "i686", "i386")
 

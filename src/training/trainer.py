@@ -16,6 +16,7 @@ from src.evaluation.features import (
     read_checked_query_gallery,
 )
 from src.losses.factory import PROXY_LOSSES, create_loss
+from src.models import onednn_build
 from src.models.checkpoint import (
     load_backbone_checkpoint,
     load_strict,
@@ -59,11 +60,13 @@ class TrainRequest:
 def build_network(loss_name, cfg):
     """(network trained by Model, backbone inside it). Softmax trains backbone + head; arcmargin's class
     weights live in its loss; triplet / quadruplet train the backbone alone (the seed's net.backbone).
-    cfg.backbone_padding must be resolved (same or symmetric)."""
+    cfg.backbone_padding must be resolved (same or symmetric). The convolutions: cfg.cpu_conv on CPU
+    (src/models/onednn_conv.py), MindSpore's elsewhere."""
+    conv = onednn_build.resolve(cfg.cpu_conv, ms.get_context("device_target"))
     if loss_name in CLASSIFICATION_STAGES:
-        net = resnet50(cfg.class_num, cfg.backbone_padding, **head_options(cfg))
+        net = resnet50(cfg.class_num, cfg.backbone_padding, conv=conv, **head_options(cfg))
         return net, net.backbone
-    backbone = backbone_from_config(cfg, cfg.backbone_padding)
+    backbone = backbone_from_config(cfg, cfg.backbone_padding, conv)
     return backbone, backbone
 
 

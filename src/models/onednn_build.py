@@ -1,0 +1,167 @@
+"""Building and choosing the oneDNN convolution kernels (config key `cpu_conv`; the cell: onednn_conv.py).
+
+MindSpore 2.10's CPU Conv2D hands oneDNN plain NCHW tensors, and oneDNN then runs a GEMM-based kernel
+(`x64:gemm:jit`) where PyTorch gets its direct JIT kernels on blocked layouts (`jit:avx512_core`, `jit_1x1`,
+`brgconv`): the convolutions were 316 of the 348 ms by which a training step trailed PyTorch's
+(bench/train_results.md). src/models/onednn_conv.py's `OneDnnConv2d` is an `nn.Conv2d` (same parameter,
+same name, same checkpoints) whose forward and gradients are three MindSpore AOT custom kernels
+(onednn_conv.cc) that let the same oneDNN pick the layout: they reorder the plain tensors in, run its kernel
+and reorder the result back. This module imports no MindSpore until it builds.
+
+Building: at the first use per process, onednn_conv.cc is compiled with the system's C++ compiler (`CXX`,
+else g++ / c++) into a cache folder (METRIC_LEARN_CACHE, else ~/.cache/metric_learn, else a temp folder),
+with a private copy of MindSpore's own libdnnl.so.3 beside it: a copy has its own CPU dispatch, so it runs
+its AVX-512 kernels while MindSpore's runs under src/runtime/env.py's AVX2 cap (a cap the user set applies to
+both). Both files are written atomically and named by a hash of what they are built from, so concurrent
+processes (msrun) and upgrades are safe. Where it cannot be built (no compiler, no libdnnl.so.3, not Linux
+x86-64), `resolve` says why in one warning and MindSpore's Conv2D is used.
+
+Only CPU: on GPU and Ascend, and in everything exported (export.py builds plain nn.Conv2d), MindSpore's own
+Conv2D runs.
+"""
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+
+from src.runtime import env as runtime_env
+from src.runtime.log import get_logger
+
+CONFIG_KEY = "cpu_conv"
+IMPLEMENTATIONS = ("onednn", "mindspore")
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_conv.cc")
+HEADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_api.h")
+CACHE_VAR = "METRIC_LEARN_CACHE"
+ONEDNN_LIBRARY = "libdnnl.so.3"
+# Read by onednn_conv.cc at its first call.
+_ENV_LIB, _ENV_THREADS, _ENV_UNCAP = ("METRIC_LEARN_ONEDNN_LIB", "METRIC_LEARN_ONEDNN_THREADS",
+                                      "METRIC_LEARN_ONEDNN_UNCAP")
+
+
+_lock = threading.Lock()
+_state = {"library": None, "error": None, "warned": False}
+
+
+class OneDnnUnavailableError(RuntimeError):
+    """The kernels cannot be built or loaded here; the message says why."""
+
+
+def check_implementation(name):
+    if name not in IMPLEMENTATIONS:
+        raise ValueError(f"{CONFIG_KEY} must be one of {', '.join(IMPLEMENTATIONS)}, got {name!r}")
+    return name
+
+
+def resolve(requested, device_target, threads=None):
+    """The convolution to build networks with: "onednn" where it is asked for, the device is CPU and the
+    kernels build (else one warning saying why), otherwise "mindspore". `threads`: oneDNN's (default: the
+    cores this process may use)."""
+    check_implementation(requested)
+    if requested != "onednn" or device_target != "CPU":
+        return "mindspore"
+    try:
+        library(threads)
+    except OneDnnUnavailableError as err:
+        if not _state["warned"]:
+            get_logger().warning(f"{CONFIG_KEY}: onednn is unavailable ({err}); using MindSpore's Conv2D, "
+                                 f"which is slower on CPU")
+            _state["warned"] = True
+        return "mindspore"
+    return "onednn"
+
+
+def _cache_dir():
+    candidates = [os.environ.get(CACHE_VAR), os.path.join(os.path.expanduser("~"), ".cache", "metric_learn"),
+                  os.path.join(tempfile.gettempdir(), f"metric_learn-{os.getuid()}")]
+    for folder in filter(None, candidates):
+        folder = os.path.join(folder, "onednn_conv")
+        try:
+            os.makedirs(folder, exist_ok=True)
+            if os.access(folder, os.W_OK):
+                return folder
+        except OSError:
+            continue
+    raise OneDnnUnavailableError(f"no writable cache folder (set {CACHE_VAR})")
+
+
+def _compiler():
+    for name in filter(None, (os.environ.get("CXX"), "g++", "c++")):
+        path = shutil.which(name)
+        if path:
+            return path
+    raise OneDnnUnavailableError("no C++ compiler found (g++ or c++ on PATH, or CXX)")
+
+
+def mindspore_onednn():
+    """Path of the libdnnl.so.3 MindSpore ships."""
+    import mindspore
+
+    path = os.path.join(os.path.dirname(mindspore.__file__), "lib", ONEDNN_LIBRARY)
+    if not os.path.isfile(path):
+        raise OneDnnUnavailableError(f"{path} not found")
+    return path
+
+
+def _replace_atomic(produce, path):
+    """Run produce(tmp) to write a temporary file beside `path`, then rename it to `path`."""
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=os.path.dirname(path))
+    os.close(fd)
+    try:
+        produce(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _build(threads):
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        raise OneDnnUnavailableError(f"built for Linux x86-64 only, this is {platform.system()} {platform.machine()}")
+    onednn = mindspore_onednn()
+    cxx = _compiler()
+    digest = hashlib.sha256()
+    for path in (SOURCE, HEADER):
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    info = os.stat(onednn)
+    digest.update(f"{cxx} {onednn} {info.st_size} {info.st_mtime_ns}".encode())
+    key = digest.hexdigest()[:16]
+    folder = _cache_dir()
+    kernels = os.path.join(folder, f"onednn_conv-{key}.so")
+    private = os.path.join(folder, f"libdnnl-{key}.so.3")
+    if not os.path.isfile(private):
+        _replace_atomic(lambda tmp: shutil.copyfile(onednn, tmp), private)
+    if not os.path.isfile(kernels):
+        def compile_to(tmp):
+            command = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-I", os.path.dirname(HEADER), SOURCE, "-o",
+                       tmp, "-lpthread", "-ldl"]
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                lines = (done.stderr or done.stdout).strip().splitlines()
+                raise OneDnnUnavailableError(f"{os.path.basename(cxx)} failed on {SOURCE}: "
+                                             f"{lines[0] if lines else 'exit ' + str(done.returncode)}")
+        _replace_atomic(compile_to, kernels)
+    # Read by the kernels at their first call, in this process.
+    os.environ[_ENV_LIB] = private
+    os.environ[_ENV_THREADS] = str(threads or len(os.sched_getaffinity(0)))
+    # Lift the AVX2 cap for the private copy when it is ours (src/runtime/env.py), never when the user set one.
+    os.environ[_ENV_UNCAP] = "0" if runtime_env.user_onednn_cap() else "1"
+    return kernels
+
+
+def library(threads=None):
+    """Path of the built kernels (built at the first call); raises OneDnnUnavailableError."""
+    with _lock:
+        if _state["library"] is None and _state["error"] is None:
+            try:
+                _state["library"] = _build(threads)
+            except OneDnnUnavailableError as err:
+                _state["error"] = str(err)
+            except OSError as err:
+                _state["error"] = f"cannot build the kernels: {err}"
+        if _state["error"] is not None:
+            raise OneDnnUnavailableError(_state["error"])
+        return _state["library"]
