@@ -334,7 +334,20 @@ int launch(Kind kind, int nparam, void **params, int64_t **shapes, int *ndims) {
     run(rt, k, params[0], params[1], params[out]);
     return 0;
   } catch (const std::exception &e) {
-    fprintf(stderr, "onednn_conv: %s\n", e.what());
+    std::string args;
+    for (int i = 0; i < nparam; ++i) {
+      args += i ? ", (" : "(";
+      for (int d = 0; d < ndims[i]; ++d) args += (d ? "x" : "") + std::to_string(shapes[i][d]);
+      args += ")";
+    }
+    if (nparam > 2 && ndims[2] == 1 && shapes[2][0] == 6) {
+      const int64_t *cfg = static_cast<const int64_t *>(params[2]);
+      args += "; stride " + std::to_string(cfg[0]) + "x" + std::to_string(cfg[1]) + ", pads " +
+              std::to_string(cfg[2]) + " " + std::to_string(cfg[3]) + " " + std::to_string(cfg[4]) + " " +
+              std::to_string(cfg[5]);
+    }
+    fprintf(stderr, "onednn_conv: %s: %s on shapes %s\n", kind == FWD ? "conv_forward" :
+            kind == BWD_DATA ? "conv_backward_data" : "conv_backward_weights", e.what(), args.c_str());
     return 1;
   }
 }

@@ -37,8 +37,14 @@ def conv_kernels(stride, pads):
     def bprop(x, w, cfg, out, dout):
         return backward_data(dout, w, cfg, x), backward_weights(dout, x, cfg, w), ops.zeros_like(cfg)
 
-    return ops.Custom(f"{so}:conv_forward", out_shape=out_shape, out_dtype=_same_dtype, func_type="aot",
-                      bprop=bprop)
+    forward = ops.Custom(f"{so}:conv_forward", out_shape=out_shape, out_dtype=_same_dtype, func_type="aot",
+                         bprop=bprop)
+    # Custom ops with equal attributes are taken for the same operator by graph compilation, which then infers
+    # every one's output shape with one of their out_shape functions (seen: a stride-1 1x1 convolution given a
+    # stride-2 one's shape); the stride and pads as an attribute keep them apart.
+    for op in (forward, backward_data, backward_weights):
+        op.add_prim_attr("conv_cfg", list(stride) + list(pads))
+    return forward
 
 
 class OneDnnConv2d(nn.Conv2d):

@@ -128,3 +128,4 @@ def test_a_failing_compile_names_the_source(monkeypatch, tmp_path):
     with pytest.raises(onednn_build.OneDnnUnavailableError, match="broken.cc"):
         onednn_build.library()
     assert not [p for p in tmp_path.rglob("*.so") if p.name.startswith("onednn_conv")]  # nothing half-written
+
