@@ -109,8 +109,24 @@ class Pool : public dnnl::threadpool_interop::threadpool_iface {
 };
 thread_local bool Pool::in_pool_ = false;
 
+struct Buffer {
+  void *ptr = nullptr;
+  size_t size = 0;
+  void *ensure(size_t n) {
+    if (n > size) {
+      free(ptr);
+      size = (n + 63) / 64 * 64;
+      ptr = aligned_alloc(64, size);
+      if (!ptr) throw std::runtime_error("out of memory for a " + std::to_string(size) + "-byte reorder buffer");
+    }
+    return ptr;
+  }
+  ~Buffer() { free(ptr); }
+};
+
 struct Runtime {
   Api api;
+  Buffer scratch[3];  // the blocked copies of a kernel's three tensors; kernels run one at a time, so shared
   dnnl_engine_t engine = nullptr;
   dnnl_stream_t stream = nullptr;
   std::unique_ptr<Pool> pool;
@@ -151,24 +167,12 @@ Runtime *runtime() {
   return rt;
 }
 
-struct Buffer {
-  void *ptr = nullptr;
-  size_t size = 0;
-  void ensure(size_t n) {
-    if (n <= size) return;
-    free(ptr);
-    ptr = aligned_alloc(64, (n + 63) / 64 * 64);
-    size = n;
-  }
-  ~Buffer() { free(ptr); }
-};
-
 // One tensor argument of a primitive: the user's plain layout and the primitive's; a reorder where they differ.
 struct Arg {
   dnnl_memory_desc_t user = nullptr, prim = nullptr;
   dnnl_primitive_t reorder = nullptr;  // user->prim for inputs, prim->user for outputs
   dnnl_memory_t user_mem = nullptr, prim_mem = nullptr;
-  Buffer buf;
+  size_t bytes = 0;  // of the primitive's layout, where it differs from the user's
 };
 
 struct Kernel {
@@ -180,7 +184,8 @@ struct Kernel {
 };
 
 void check(dnnl_status_t s, const char *what) {
-  if (s != dnnl_success) throw std::runtime_error(std::string(what) + " failed (oneDNN status " + std::to_string(s) + ")");
+  if (s != dnnl_success)
+    throw std::runtime_error(std::string(what) + " failed (oneDNN status " + std::to_string(s) + ")");
 }
 
 void plain_md(Api &a, dnnl_memory_desc_t *md, const int64_t *shape) {
@@ -199,8 +204,8 @@ void bind(Runtime *rt, Arg &arg, dnnl_primitive_desc_t pd, int q, bool output) {
   check(a.dnnl_memory_desc_clone(&arg.prim, pmd), "clone");
   check(a.dnnl_memory_create(&arg.user_mem, arg.user, rt->engine, nullptr), "memory");
   if (!a.dnnl_memory_desc_equal(arg.user, arg.prim)) {
-    arg.buf.ensure(a.dnnl_memory_desc_get_size(arg.prim));
-    check(a.dnnl_memory_create(&arg.prim_mem, arg.prim, rt->engine, arg.buf.ptr), "memory");
+    arg.bytes = a.dnnl_memory_desc_get_size(arg.prim);
+    check(a.dnnl_memory_create(&arg.prim_mem, arg.prim, rt->engine, nullptr), "memory");
     dnnl_primitive_desc_t rpd;
     if (output)
       check(a.dnnl_reorder_primitive_desc_create(&rpd, arg.prim, rt->engine, arg.user, rt->engine, nullptr), "reorder");
@@ -298,7 +303,7 @@ void run(Runtime *rt, Kernel *k, void *in0, void *in1, void *out) {
   for (int i = 0; i < 3; ++i) {
     Arg &g = k->args[i];
     a.dnnl_memory_set_data_handle(g.user_mem, ptrs[i]);
-    if (!g.reorder) a.dnnl_memory_set_data_handle(g.prim_mem, ptrs[i]);
+    a.dnnl_memory_set_data_handle(g.prim_mem, g.reorder ? rt->scratch[i].ensure(g.bytes) : ptrs[i]);
     if (g.reorder && !k->is_output[i]) {
       dnnl_exec_arg_t r[2] = {{DNNL_ARG_FROM, g.user_mem}, {DNNL_ARG_TO, g.prim_mem}};
       check(a.dnnl_primitive_execute(g.reorder, rt->stream, 2, r), "reorder in");
