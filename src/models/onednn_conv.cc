@@ -179,7 +179,6 @@ struct Kernel {
   dnnl_primitive_t prim = nullptr;
   Arg args[3];
   int arg_ids[3];
-  bool is_output[3];
   std::string impl;
 };
 
@@ -280,7 +279,6 @@ Kernel *kernel(Runtime *rt, Kind kind, const int64_t *xs, const int64_t *ws, con
   }
   for (int i = 0; i < 3; ++i) {
     plain_md(a, &k->args[i].user, shapes[i]);
-    k->is_output[i] = i == 2;
     bind(rt, k->args[i], pd, queries[i], i == 2);
   }
   check(a.dnnl_primitive_create(&k->prim, pd), "primitive");
@@ -304,7 +302,7 @@ void run(Runtime *rt, Kernel *k, void *in0, void *in1, void *out) {
     Arg &g = k->args[i];
     a.dnnl_memory_set_data_handle(g.user_mem, ptrs[i]);
     a.dnnl_memory_set_data_handle(g.prim_mem, g.reorder ? rt->scratch[i].ensure(g.bytes) : ptrs[i]);
-    if (g.reorder && !k->is_output[i]) {
+    if (g.reorder && i != 2) {  // inputs: reorder in; the output (2): reorder back below
       dnnl_exec_arg_t r[2] = {{DNNL_ARG_FROM, g.user_mem}, {DNNL_ARG_TO, g.prim_mem}};
       check(a.dnnl_primitive_execute(g.reorder, rt->stream, 2, r), "reorder in");
     }
