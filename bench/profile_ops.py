@@ -84,6 +84,7 @@ def ms_step(size, batch, evaluate):
         return lambda: net(x).asnumpy()
     optimizer = nn.Momentum(net.trainable_params(), cfg.lr_max, cfg.momentum, weight_decay=cfg.weight_decay)
     train = nn.TrainOneStepCell(nn.WithLossCell(net, create_loss("triplet", cfg)), optimizer)
+    train.set_train(True)  # BatchNorm on batch statistics, as Model.train sets it (a Cell starts in inference mode)
     y = ms.Tensor(triplet_labels(batch))
     return lambda: train(x, y).asnumpy()
 
