@@ -6,11 +6,12 @@ MindSpore 2.10's CPU Conv2D hands oneDNN plain NCHW tensors, and oneDNN then run
 (bench/train_results.md). src/models/onednn_conv.py's `OneDnnConv2d` is an `nn.Conv2d` (same parameter,
 same name, same checkpoints) whose forward and gradients are three MindSpore AOT custom kernels
 (onednn_conv.cc) that let the same oneDNN pick the layout: they reorder the plain tensors in, run its kernel
-and reorder the result back. This module imports no MindSpore until it builds.
+and reorder the result back. The same library holds batchnorm.cc's training-mode BatchNorm (+ ReLU) kernels
+(src/models/batchnorm.py's CpuBatchNorm2d), chosen with them. This module imports no MindSpore until it builds.
 
-Building: at the first use per process, onednn_conv.cc is compiled with the system's C++ compiler (`CXX`,
-else g++ / c++) into a cache folder (METRIC_LEARN_CACHE, else ~/.cache/metric_learn, else a temp folder),
-with a private copy of MindSpore's own libdnnl.so.3 beside it: a copy has its own CPU dispatch, so it runs
+Building: at the first use per process, onednn_conv.cc and batchnorm.cc are compiled with the system's C++
+compiler (`CXX`, else g++ / c++) into a cache folder (METRIC_LEARN_CACHE, else ~/.cache/metric_learn, else a
+temp folder), with a private copy of MindSpore's own libdnnl.so.3 beside it: a copy has its own CPU dispatch, so it runs
 its AVX-512 kernels while MindSpore's runs under src/runtime/env.py's AVX2 cap (a cap the user set applies to
 both). Both files are written atomically and named by a hash of what they are built from, so concurrent
 processes (msrun) and upgrades are safe. Where it cannot be built (no compiler, no libdnnl.so.3, not Linux
@@ -32,8 +33,11 @@ from src.runtime.log import get_logger
 
 CONFIG_KEY = "cpu_conv"
 IMPLEMENTATIONS = ("onednn", "mindspore")
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_conv.cc")
-HEADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_api.h")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# One library: the convolutions (onednn_conv.cc) and BatchNorm + ReLU (batchnorm.cc, src/models/batchnorm.py).
+SOURCES = tuple(os.path.join(_HERE, name) for name in ("onednn_conv.cc", "batchnorm.cc"))
+HEADERS = tuple(os.path.join(_HERE, name) for name in ("onednn_api.h", "thread_pool.h"))
+CXXFLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC")
 CACHE_VAR = "METRIC_LEARN_CACHE"
 ONEDNN_LIBRARY = "libdnnl.so.3"
 # Read by onednn_conv.cc at its first call.
@@ -123,11 +127,11 @@ def _build(threads):
     onednn = mindspore_onednn()
     cxx = _compiler()
     digest = hashlib.sha256()
-    for path in (SOURCE, HEADER):
+    for path in SOURCES + HEADERS:
         with open(path, "rb") as f:
             digest.update(f.read())
     info = os.stat(onednn)
-    digest.update(f"{cxx} {onednn} {info.st_size} {info.st_mtime_ns}".encode())
+    digest.update(f"{cxx} {' '.join(CXXFLAGS)} {onednn} {info.st_size} {info.st_mtime_ns}".encode())
     key = digest.hexdigest()[:16]
     folder = _cache_dir()
     kernels = os.path.join(folder, f"onednn_conv-{key}.so")
@@ -136,12 +140,11 @@ def _build(threads):
         _replace_atomic(lambda tmp: shutil.copyfile(onednn, tmp), private)
     if not os.path.isfile(kernels):
         def compile_to(tmp):
-            command = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-I", os.path.dirname(HEADER), SOURCE, "-o",
-                       tmp, "-lpthread", "-ldl"]
+            command = [cxx, *CXXFLAGS, "-I", _HERE, *SOURCES, "-o", tmp, "-lpthread", "-ldl"]
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 lines = (done.stderr or done.stdout).strip().splitlines()
-                raise OneDnnUnavailableError(f"{os.path.basename(cxx)} failed on {SOURCE}: "
+                raise OneDnnUnavailableError(f"{os.path.basename(cxx)} failed on {' '.join(SOURCES)}: "
                                              f"{lines[0] if lines else 'exit ' + str(done.returncode)}")
         _replace_atomic(compile_to, kernels)
     # Read by the kernels at their first call, in this process.

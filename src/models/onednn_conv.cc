@@ -32,8 +32,11 @@
 #include <vector>
 
 #include "onednn_api.h"
+#include "thread_pool.h"
 
 namespace {
+
+using metric_learn::Pool;
 
 struct Api {
 #define DECLARE(name, ret, params) ret(*name) params = nullptr;
@@ -41,73 +44,6 @@ struct Api {
 #undef DECLARE
 };
 
-class Pool : public dnnl::threadpool_interop::threadpool_iface {
- public:
-  explicit Pool(int n) : n_(n) {
-    for (int i = 1; i < n_; ++i) workers_.emplace_back([this] { loop(); });
-  }
-  int get_num_threads() const override { return n_; }
-  bool get_in_parallel() const override { return in_pool_; }
-  uint64_t get_flags() const override { return 0; }
-  virtual void wait() {}
-  void parallel_for(int n, const std::function<void(int, int)> &fn) override {
-    if (n <= 1 || n_ == 1 || in_pool_) {
-      for (int i = 0; i < n; ++i) fn(i, n);
-      return;
-    }
-    {
-      std::lock_guard<std::mutex> lock(m_);
-      fn_ = &fn;
-      count_ = n;
-      next_.store(0);
-      done_.store(0);
-      ++generation_;
-    }
-    cv_.notify_all();
-    run();
-    std::unique_lock<std::mutex> lock(m_);
-    done_cv_.wait(lock, [&] { return done_.load() == count_; });
-    fn_ = nullptr;
-  }
-
- private:
-  void run() {
-    bool was = in_pool_;
-    in_pool_ = true;
-    int finished = 0;
-    for (int i; (i = next_.fetch_add(1)) < count_;) {
-      (*fn_)(i, count_);
-      ++finished;
-    }
-    in_pool_ = was;
-    if (finished && done_.fetch_add(finished) + finished == count_) {
-      std::lock_guard<std::mutex> lock(m_);
-      done_cv_.notify_all();
-    }
-  }
-  void loop() {
-    uint64_t seen = 0;
-    for (;;) {
-      {
-        std::unique_lock<std::mutex> lock(m_);
-        cv_.wait(lock, [&] { return generation_ != seen; });
-        seen = generation_;
-        if (!fn_) continue;
-      }
-      run();
-    }
-  }
-  int n_;
-  std::vector<std::thread> workers_;
-  std::mutex m_;
-  std::condition_variable cv_, done_cv_;
-  const std::function<void(int, int)> *fn_ = nullptr;
-  int count_ = 0;
-  std::atomic<int> next_{0}, done_{0};
-  uint64_t generation_ = 0;
-  static thread_local bool in_pool_;
-};
-thread_local bool Pool::in_pool_ = false;
 
 struct Buffer {
   void *ptr = nullptr;

@@ -15,6 +15,7 @@ trained under each:
 from mindspore import nn, ops
 from mindspore.common.initializer import HeNormal
 
+from src.models.batchnorm import CpuBatchNorm2d
 from src.models.onednn_build import check_implementation
 from src.models.onednn_conv import OneDnnConv2d
 
@@ -60,10 +61,19 @@ def _conv(in_channel, out_channel, kernel_size, stride=1, padding="same", conv="
                      weight_init=HeNormal(mode="fan_out", nonlinearity="relu"), **pads)
 
 
-def _bn(channel, last_in_block=False, padding="same"):
+def _bn(channel, last_in_block=False, padding="same", conv="mindspore", relu=False):
+    """BatchNorm; with conv "onednn" batchnorm.py's CpuBatchNorm2d, which also applies the ReLU that follows
+    it when `relu` (with "mindspore" the caller applies that ReLU: see fuses_relu)."""
     # gamma=0 on the last BN of a block makes every residual branch start as the identity.
-    return nn.BatchNorm2d(channel, eps=BN_EPS[padding], momentum=BN_MOMENTUM,
-                          gamma_init="zeros" if last_in_block else "ones")
+    options = {"eps": BN_EPS[padding], "momentum": BN_MOMENTUM, "gamma_init": "zeros" if last_in_block else "ones"}
+    if fuses_relu(conv):
+        return CpuBatchNorm2d(channel, relu=relu, **options)
+    return nn.BatchNorm2d(channel, **options)
+
+
+def fuses_relu(conv):
+    """Whether the BatchNorm layers of a network built with `conv` apply the ReLU after them themselves."""
+    return check_implementation(conv) == "onednn"
 
 
 class Bottleneck(nn.Cell):
@@ -73,23 +83,28 @@ class Bottleneck(nn.Cell):
         super().__init__()
         mid = out_channel // EXPANSION
         self.conv1 = _conv(in_channel, mid, 1, padding=padding, conv=conv)
-        self.bn1 = _bn(mid, padding=padding)
+        self.bn1 = _bn(mid, padding=padding, conv=conv, relu=True)
         self.conv2 = _conv(mid, mid, 3, stride=stride, padding=padding, conv=conv)
-        self.bn2 = _bn(mid, padding=padding)
+        self.bn2 = _bn(mid, padding=padding, conv=conv, relu=True)
         self.conv3 = _conv(mid, out_channel, 1, padding=padding, conv=conv)
-        self.bn3 = _bn(out_channel, last_in_block=True, padding=padding)
+        self.bn3 = _bn(out_channel, last_in_block=True, padding=padding, conv=conv)
         self.relu = nn.ReLU()
+        self.bn_relu = fuses_relu(conv)
         self.down_sample = stride != 1 or in_channel != out_channel
         self.down_sample_layer = None
         if self.down_sample:
             self.down_sample_layer = nn.SequentialCell([_conv(in_channel, out_channel, 1, stride=stride,
                                                               padding=padding, conv=conv),
-                                                        _bn(out_channel, padding=padding)])
+                                                        _bn(out_channel, padding=padding, conv=conv)])
 
     def construct(self, x):
         identity = x
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn1(self.conv1(x))
+        if not self.bn_relu:
+            out = self.relu(out)
+        out = self.bn2(self.conv2(out))
+        if not self.bn_relu:
+            out = self.relu(out)
         out = self.bn3(self.conv3(out))
         if self.down_sample:
             identity = self.down_sample_layer(identity)
@@ -103,8 +118,9 @@ class ResNet50(nn.Cell):
     `padding`: "same" or "symmetric" (see the module docstring). The head: `pooling` "avg" (the seed's), "max"
     or "avg+max" (their sum, as Proxy-Anchor's code); `embedding_size` > 0 adds `embedding`, a Dense(2048 ->
     embedding_size) (parameters embedding.weight / embedding.bias); `embedding_normalize` L2-normalises the
-    output. `conv`: "mindspore" (nn.Conv2d) or "onednn" (src/models/onednn_conv.py's OneDnnConv2d, CPU only;
-    the same parameters)."""
+    output. `conv`: "mindspore" (nn.Conv2d, nn.BatchNorm2d, nn.ReLU) or "onednn" (CPU only, the same
+    parameters: src/models/onednn_conv.py's OneDnnConv2d, and src/models/batchnorm.py's CpuBatchNorm2d, which
+    also applies the ReLU after bn1 and bn2)."""
 
     LAYERS = (3, 4, 6, 3)
     WIDTHS = (256, 512, 1024, 2048)
@@ -124,8 +140,9 @@ class ResNet50(nn.Cell):
         self.out_dim = feature_dim(self.embedding_size)
         self.embedding = nn.Dense(FEATURE_DIM, self.embedding_size) if self.embedding_size else None
         self.conv1 = _conv(3, 64, 7, stride=2, padding=padding, conv=conv)
-        self.bn1 = _bn(64, padding=padding)
+        self.bn1 = _bn(64, padding=padding, conv=conv, relu=True)
         self.relu = nn.ReLU()
+        self.bn_relu = fuses_relu(conv)
         pool_pads = {"pad_mode": "same"} if padding == "same" else {"pad_mode": "pad", "padding": 1}
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, **pool_pads)
         in_channel = 64
@@ -139,7 +156,10 @@ class ResNet50(nn.Cell):
         self.flatten = nn.Flatten()
 
     def construct(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.bn1(self.conv1(x))
+        if not self.bn_relu:
+            x = self.relu(x)
+        x = self.maxpool(x)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         if self.pooling == "avg":
             pooled = ops.mean(x, (2, 3), keep_dims=True)

@@ -124,7 +124,7 @@ def test_a_failing_compile_names_the_source(monkeypatch, tmp_path):
     monkeypatch.setenv(onednn_build.CACHE_VAR, str(tmp_path))
     broken = tmp_path / "broken.cc"
     broken.write_text("this is not C++\n")
-    monkeypatch.setattr(onednn_build, "SOURCE", str(broken))
+    monkeypatch.setattr(onednn_build, "SOURCES", (str(broken),))
     with pytest.raises(onednn_build.OneDnnUnavailableError, match="broken.cc"):
         onednn_build.library()
     assert not [p for p in tmp_path.rglob("*.so") if p.name.startswith("onednn_conv")]  # nothing half-written
