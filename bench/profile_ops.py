@@ -41,13 +41,15 @@ RESULT_TAG = "PROFILE_RESULT "
 # Operator kind -> (MindSpore op types, PyTorch aten ops). Self times; PyTorch computes the data and
 # weight gradients of a convolution in one op, MindSpore in two.
 KINDS = {
-    # One row: with cpu_conv onednn (the CPU default) forward and both gradients are the "Custom" AOT kernels of
-    # src/models/onednn_conv.cc, which the profiler does not tell apart; with cpu_conv=mindspore, Conv2D and its
-    # two gradient ops.
-    "convolution forward + backward": (("Custom", "Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter"),
+    # With cpu_conv onednn (the CPU default) the convolutions and the BatchNorms (+ the ReLU after bn1/bn2) are AOT
+    # custom kernels (src/models/onednn_conv.cc, batchnorm.cc), all of op type "Custom"; profile_ms names them by
+    # the cell they run in (custom_op_kind). With cpu_conv=mindspore: Conv2D, BatchNorm and their gradient ops.
+    "convolution forward + backward": (("Custom:OneDnnConv2d", "Custom:OneDnnConv2d grad", "Conv2D",
+                                        "Conv2DBackpropInput", "Conv2DBackpropFilter"),
                                        ("aten::mkldnn_convolution", "aten::convolution_backward")),
-    "batch norm forward": (("BatchNorm",), ("aten::native_batch_norm", "aten::_native_batch_norm_legit_no_training")),
-    "batch norm backward": (("BatchNormGrad",), ("aten::native_batch_norm_backward",)),
+    "batch norm forward": (("BatchNorm", "Custom:CpuBatchNorm2d"),
+                           ("aten::native_batch_norm", "aten::_native_batch_norm_legit_no_training")),
+    "batch norm backward": (("BatchNormGrad", "Custom:CpuBatchNorm2d grad"), ("aten::native_batch_norm_backward",)),
     "ReLU forward + backward": (("ReLU", "ReluGrad"), ("aten::relu_", "aten::clamp_min_", "aten::clamp_min",
                                                        "aten::relu", "aten::threshold_backward")),
     "max pool forward + backward": (("MaxPool", "MaxPoolGrad"), ("aten::max_pool2d_with_indices",
@@ -117,6 +119,17 @@ def torch_step(size, batch, evaluate):
     return step
 
 
+def custom_op_kind(op_type, full_name):
+    """A Custom op is named by the cell it runs in ("Custom:OneDnnConv2d", "Custom:CpuBatchNorm2d grad", from
+    full names like ".../conv1-OneDnnConv2d/Grad_Custom/Custom-op90"); other ops by their type."""
+    if op_type != "Custom":
+        return op_type
+    scopes = full_name.split("/")[:-1]
+    cells = [scope.rsplit("-", 1)[1] for scope in scopes if "-" in scope]
+    kind = f"Custom:{cells[-1] if cells else '?'}"
+    return kind + " grad" if full_name.startswith("Gradients/") else kind
+
+
 def profile_ms(step, steps):
     import mindspore as ms
 
@@ -128,9 +141,12 @@ def profile_ms(step, steps):
             step()
         profiler.stop()
         profiler.analyse()
-        (table,) = glob.glob(os.path.join(out, "**", "cpu_op_type_info_*.csv"), recursive=True)
+        (table,) = glob.glob(os.path.join(out, "**", "cpu_op_detail_info_*.csv"), recursive=True)
+        per_op = collections.defaultdict(float)
         with open(table) as f:
-            return {row["op_type"]: float(row["total_compute_time"]) / steps for row in csv.DictReader(f)}
+            for row in csv.DictReader(f):
+                per_op[custom_op_kind(row["op_type"], row["full_op_name"])] += float(row["op_total_time(ms)"]) / steps
+        return dict(per_op)
     finally:
         shutil.rmtree(out, ignore_errors=True)
 

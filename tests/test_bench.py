@@ -81,13 +81,26 @@ def test_the_best_backend_is_compared_with_the_best_torch_variant():
 
 
 def test_operator_kinds_partition_the_profiled_time():
-    ms_ops = {"Conv2D": 300.0, "Conv2DBackpropInput": 400.0, "Conv2DBackpropFilter": 330.0, "Custom": 70.0,
+    ms_ops = {"Conv2D": 300.0, "Conv2DBackpropInput": 400.0, "Conv2DBackpropFilter": 330.0,
+              "Custom:OneDnnConv2d": 30.0, "Custom:OneDnnConv2d grad": 40.0, "BatchNorm": 7.0,
+              "Custom:CpuBatchNorm2d": 6.0, "Custom:CpuBatchNorm2d grad": 12.0, "BatchNormGrad": 2.0,
               "ReLU": 10.0, "ReluGrad": 15.0, "ApplyMomentum": 40.0, "AddN": 20.0, "Mul": 9.0, "Tile": 5.0}
     kinds = profile_ops.by_kind({"per_op_ms": ms_ops}, "ms")
     assert kinds["convolution forward + backward"] == 1100.0  # MindSpore's Conv2D ops and cpu_conv onednn's
+    assert kinds["batch norm forward"] == 13.0 and kinds["batch norm backward"] == 14.0
     assert kinds["ReLU forward + backward"] == 25.0 and kinds["optimizer (momentum, weight decay)"] == 69.0
     assert kinds["everything else"] == 5.0
     assert sum(kinds.values()) == pytest.approx(sum(ms_ops.values()))
     torch_kinds = profile_ops.by_kind({"per_op_ms": {"aten::convolution_backward": 500.0,
                                                      "aten::mkldnn_convolution": 200.0, "aten::empty": 3.0}}, "torch")
     assert torch_kinds["convolution forward + backward"] == 700.0 and torch_kinds["everything else"] == 3.0
+
+
+def test_custom_kernels_are_named_by_their_cell():
+    root = "Default/network-WithLossCell/_backbone-ResNet50/layer1-SequentialCell/0-Bottleneck"
+    assert profile_ops.custom_op_kind("Custom", f"{root}/conv2-OneDnnConv2d/Custom-op7") == "Custom:OneDnnConv2d"
+    assert (profile_ops.custom_op_kind("Custom", f"Gradients/{root}/bn1-CpuBatchNorm2d/Grad_Custom/Custom-op30")
+            == "Custom:CpuBatchNorm2d grad")
+    assert (profile_ops.custom_op_kind("Custom", f"{root}/down_sample_layer-SequentialCell/1-CpuBatchNorm2d/"
+                                                 "Custom-op9") == "Custom:CpuBatchNorm2d")
+    assert profile_ops.custom_op_kind("ReLU", f"{root}/relu-ReLU/ReLU-op3") == "ReLU"
