@@ -41,9 +41,10 @@ RESULT_TAG = "PROFILE_RESULT "
 # Operator kind -> (MindSpore op types, PyTorch aten ops). Self times; PyTorch computes the data and
 # weight gradients of a convolution in one op, MindSpore in two.
 KINDS = {
-    # With cpu_conv onednn (the CPU default) the convolutions and the BatchNorms (+ the ReLU after bn1/bn2) are AOT
-    # custom kernels (src/models/onednn_conv.cc, batchnorm.cc), all of op type "Custom"; profile_ms names them by
-    # the cell they run in (custom_op_kind). With cpu_conv=mindspore: Conv2D, BatchNorm and their gradient ops.
+    # With cpu_conv onednn (the CPU default) the convolutions, the BatchNorms (+ the ReLU after bn1/bn2) and the max
+    # pool are AOT custom kernels (src/models/onednn_conv.cc, batchnorm.cc, maxpool.cc), all of op type "Custom";
+    # profile_ms names them by the cell they run in (custom_op_kind). With cpu_conv=mindspore: Conv2D, BatchNorm,
+    # MaxPool and their gradient ops.
     "convolution forward + backward": (("Custom:OneDnnConv2d", "Custom:OneDnnConv2d grad", "Conv2D",
                                         "Conv2DBackpropInput", "Conv2DBackpropFilter"),
                                        ("aten::mkldnn_convolution", "aten::convolution_backward")),
@@ -52,8 +53,8 @@ KINDS = {
     "batch norm backward": (("BatchNormGrad", "Custom:CpuBatchNorm2d grad"), ("aten::native_batch_norm_backward",)),
     "ReLU forward + backward": (("ReLU", "ReluGrad"), ("aten::relu_", "aten::clamp_min_", "aten::clamp_min",
                                                        "aten::relu", "aten::threshold_backward")),
-    "max pool forward + backward": (("MaxPool", "MaxPoolGrad"), ("aten::max_pool2d_with_indices",
-                                                                 "aten::max_pool2d_with_indices_backward")),
+    "max pool forward + backward": (("MaxPool", "MaxPoolGrad", "Custom:CpuMaxPool2d", "Custom:CpuMaxPool2d grad"),
+                                    ("aten::max_pool2d_with_indices", "aten::max_pool2d_with_indices_backward")),
     "residual add": (("Add",), ("aten::add",)),
     "optimizer (momentum, weight decay)": (("ApplyMomentum", "AddN", "Mul"), ("aten::add_", "aten::mul_",
                                                                                "aten::_foreach_add_",

@@ -16,6 +16,7 @@ from mindspore import nn, ops
 from mindspore.common.initializer import HeNormal
 
 from src.models.batchnorm import CpuBatchNorm2d
+from src.models.maxpool import CpuMaxPool2d
 from src.models.onednn_build import check_implementation
 from src.models.onednn_conv import OneDnnConv2d
 
@@ -119,8 +120,8 @@ class ResNet50(nn.Cell):
     or "avg+max" (their sum, as Proxy-Anchor's code); `embedding_size` > 0 adds `embedding`, a Dense(2048 ->
     embedding_size) (parameters embedding.weight / embedding.bias); `embedding_normalize` L2-normalises the
     output. `conv`: "mindspore" (nn.Conv2d, nn.BatchNorm2d, nn.ReLU) or "onednn" (CPU only, the same
-    parameters: src/models/onednn_conv.py's OneDnnConv2d, and src/models/batchnorm.py's CpuBatchNorm2d, which
-    also applies the ReLU after bn1 and bn2)."""
+    parameters: src/models/onednn_conv.py's OneDnnConv2d, src/models/batchnorm.py's CpuBatchNorm2d, which
+    also applies the ReLU after bn1 and bn2, and src/models/maxpool.py's CpuMaxPool2d)."""
 
     LAYERS = (3, 4, 6, 3)
     WIDTHS = (256, 512, 1024, 2048)
@@ -144,7 +145,8 @@ class ResNet50(nn.Cell):
         self.relu = nn.ReLU()
         self.bn_relu = fuses_relu(conv)
         pool_pads = {"pad_mode": "same"} if padding == "same" else {"pad_mode": "pad", "padding": 1}
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, **pool_pads)
+        pool = CpuMaxPool2d if check_implementation(conv) == "onednn" else nn.MaxPool2d
+        self.maxpool = pool(kernel_size=3, stride=2, **pool_pads)
         in_channel = 64
         stages = []
         for blocks, width, stride in zip(self.LAYERS, self.WIDTHS, self.STRIDES, strict=True):
