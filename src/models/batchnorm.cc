@@ -31,22 +31,6 @@ namespace {
 
 using metric_learn::Pool;
 
-struct Runtime {
-  std::unique_ptr<Pool> pool;
-  std::mutex mutex;
-};
-
-Runtime *runtime() {
-  static Runtime *rt = [] {
-    auto *r = new Runtime;  // never freed: the pool's threads live as long as the process
-    const char *t = getenv("METRIC_LEARN_ONEDNN_THREADS");
-    int n = t ? atoi(t) : (int)std::thread::hardware_concurrency();
-    r->pool.reset(new Pool(n > 0 ? n : 1));
-    return r;
-  }();
-  return rt;
-}
-
 struct Shape {
   int64_t n, c, hw;
 };
@@ -59,7 +43,7 @@ Shape nchw(int ndim, const int64_t *shape) {
 // Channels [first, last) of job `i` of `jobs`.
 template <class Fn>
 void for_channels(int64_t channels, Fn fn) {
-  Pool *pool = runtime()->pool.get();
+  Pool *pool = &metric_learn::own_kernels_pool();
   int jobs = (int)std::min<int64_t>(channels, 4 * pool->get_num_threads());
   pool->parallel_for(jobs, [&](int i, int n) {
     int64_t first = channels * i / n, last = channels * (i + 1) / n;
@@ -213,20 +197,14 @@ int launch(bool is_forward, int nparam, void **params, int *ndims, int64_t **sha
       if (i == cfg || full) continue;
       if (ndims[i] != 1 || shapes[i][0] != channels) throw std::runtime_error("per-channel tensors must be (C,)");
     }
-    Runtime *rt = runtime();
-    std::lock_guard<std::mutex> lock(rt->mutex);  // one pool: kernels run one at a time
+    std::lock_guard<std::mutex> lock(metric_learn::own_kernels_mutex());  // one pool: one kernel at a time
     if (is_forward)
       forward(params, ndims, shapes);
     else
       backward(params, ndims, shapes);
     return 0;
   } catch (const std::exception &e) {
-    std::string args;
-    for (int i = 0; i < nparam; ++i) {
-      args += i ? ", (" : "(";
-      for (int d = 0; d < ndims[i]; ++d) args += (d ? "x" : "") + std::to_string(shapes[i][d]);
-      args += ")";
-    }
+    std::string args = metric_learn::shapes_text(nparam, ndims, shapes);
     fprintf(stderr, "batchnorm: %s: %s on shapes %s\n", is_forward ? "bn_forward" : "bn_backward", e.what(),
             args.c_str());
     return 1;

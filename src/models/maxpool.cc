@@ -28,15 +28,6 @@ namespace {
 
 using metric_learn::Pool;
 
-Pool *pool() {
-  static Pool *p = [] {
-    const char *t = getenv("METRIC_LEARN_ONEDNN_THREADS");
-    int n = t ? atoi(t) : (int)std::thread::hardware_concurrency();
-    return new Pool(n > 0 ? n : 1);  // never freed: its threads live as long as the process
-  }();
-  return p;
-}
-
 struct Geometry {
   int64_t planes, ih, iw, oh, ow, kernel, stride, top, left;
 };
@@ -66,7 +57,8 @@ Geometry geometry(int ndim, const int64_t *shape, const int64_t *cfg) {
 
 template <class Fn>
 void for_planes(int64_t planes, Fn fn) {
-  pool()->parallel_for((int)std::min<int64_t>(planes, 4 * pool()->get_num_threads()), [&](int i, int n) {
+  Pool &pool = metric_learn::own_kernels_pool();
+  pool.parallel_for((int)std::min<int64_t>(planes, 4 * pool.get_num_threads()), [&](int i, int n) {
     for (int64_t p = planes * i / n, last = planes * (i + 1) / n; p < last; ++p) fn(p);
   });
 }
@@ -122,8 +114,7 @@ int launch(bool is_forward, int nparam, void **params, int *ndims, int64_t **sha
     }
     const Geometry g = geometry(ndims[x_index], shapes[x_index], static_cast<const int64_t *>(params[cfg_index]));
     if (g.ih * g.iw > std::numeric_limits<int32_t>::max()) throw std::runtime_error("plane too large");
-    static std::mutex mutex;
-    std::lock_guard<std::mutex> lock(mutex);  // one pool: kernels run one at a time
+    std::lock_guard<std::mutex> lock(metric_learn::own_kernels_mutex());  // one pool: one kernel at a time
     if (is_forward)
       forward(g, static_cast<const float *>(params[0]), static_cast<float *>(params[2]),
               static_cast<int32_t *>(params[3]));
@@ -132,12 +123,7 @@ int launch(bool is_forward, int nparam, void **params, int *ndims, int64_t **sha
                static_cast<float *>(params[4]));
     return 0;
   } catch (const std::exception &e) {
-    std::string args;
-    for (int i = 0; i < nparam; ++i) {
-      args += i ? ", (" : "(";
-      for (int d = 0; d < ndims[i]; ++d) args += (d ? "x" : "") + std::to_string(shapes[i][d]);
-      args += ")";
-    }
+    std::string args = metric_learn::shapes_text(nparam, ndims, shapes);
     fprintf(stderr, "maxpool: %s: %s on shapes %s\n", is_forward ? "pool_forward" : "pool_backward", e.what(),
             args.c_str());
     return 1;

@@ -273,12 +273,7 @@ int launch(Kind kind, int nparam, void **params, int64_t **shapes, int *ndims) {
     run(rt, k, params[0], params[1], params[out]);
     return 0;
   } catch (const std::exception &e) {
-    std::string args;
-    for (int i = 0; i < nparam; ++i) {
-      args += i ? ", (" : "(";
-      for (int d = 0; d < ndims[i]; ++d) args += (d ? "x" : "") + std::to_string(shapes[i][d]);
-      args += ")";
-    }
+    std::string args = metric_learn::shapes_text(nparam, ndims, shapes);
     if (nparam > 2 && ndims[2] == 1 && shapes[2][0] == 6) {
       const int64_t *cfg = static_cast<const int64_t *>(params[2]);
       args += "; stride " + std::to_string(cfg[0]) + "x" + std::to_string(cfg[1]) + ", pads " +

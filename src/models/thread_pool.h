@@ -1,12 +1,14 @@
-// The thread pool of the custom CPU kernels (onednn_conv.cc, batchnorm.cc): n threads (the caller and n - 1
+// The thread pool of the custom CPU kernels (onednn_conv.cc, batchnorm.cc, maxpool.cc): n threads (the caller and n - 1
 // workers that sleep between jobs), usable as oneDNN's threadpool and by our own loops (parallel_for).
 #pragma once
 
 #include <atomic>
+#include <cstdlib>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -80,5 +82,32 @@ class Pool : public dnnl::threadpool_interop::threadpool_iface {
   uint64_t generation_ = 0;
   static inline thread_local bool in_pool_ = false;
 };
+
+// The pool of our own kernels (batchnorm.cc, maxpool.cc; onednn_conv.cc keeps its own for oneDNN), with
+// METRIC_LEARN_ONEDNN_THREADS threads (else every core), and the lock that makes them run one at a time.
+inline Pool &own_kernels_pool() {
+  static Pool *pool = [] {
+    const char *t = getenv("METRIC_LEARN_ONEDNN_THREADS");
+    int n = t ? atoi(t) : (int)std::thread::hardware_concurrency();
+    return new Pool(n > 0 ? n : 1);  // never freed: its threads live as long as the process
+  }();
+  return *pool;
+}
+
+inline std::mutex &own_kernels_mutex() {
+  static std::mutex mutex;
+  return mutex;
+}
+
+// "(2x3x4x4), (3)": the arguments' shapes, for error messages.
+inline std::string shapes_text(int nparam, const int *ndims, int64_t *const *shapes) {
+  std::string text;
+  for (int i = 0; i < nparam; ++i) {
+    text += i ? ", (" : "(";
+    for (int d = 0; d < ndims[i]; ++d) text += (d ? "x" : "") + std::to_string(shapes[i][d]);
+    text += ")";
+  }
+  return text;
+}
 
 }  // namespace metric_learn
