@@ -39,12 +39,15 @@ def same_pads(size, kernel, stride):
 
 
 def value_and_dx(net, x, t):
-    _, dx = ms.value_and_grad(lambda x: (net(x) * t).sum(), grad_position=0)(x)
+    def loss(x):
+        return (net(x) * t).sum()
+
+    _, dx = ms.value_and_grad(loss, grad_position=0)(x)
     return net(x).asnumpy(), dx.asnumpy()
 
 
 @pytest.mark.parametrize("pad_mode", ["same", "pad"])
-@pytest.mark.parametrize("size", [16, 15, 7])
+@pytest.mark.parametrize("size", [16, 15])
 def test_forward_and_gradient_equal_numpy_and_mindspore(pad_mode, size):
     rng = np.random.default_rng(size)
     x = rng.standard_normal((2, 5, size, size + 1)).astype(np.float32)
