@@ -11,9 +11,8 @@ with them by config key `cpu_conv`.
 """
 import mindspore as ms
 from mindspore import Tensor, nn, ops
-from mindspore.common import dtype as mstype
 
-from src.models.onednn_build import library
+from src.models.onednn_build import float32_only, library
 
 
 def _forward_shapes(x, gamma, beta, moving_mean, moving_variance, cfg):
@@ -21,11 +20,7 @@ def _forward_shapes(x, gamma, beta, moving_mean, moving_variance, cfg):
 
 
 def _forward_dtypes(x, *_):
-    # Called while the graph compiles: a clear error there, before the kernel would refuse it.
-    element = x.element_type() if isinstance(x, mstype.TensorType) else x
-    if element != mstype.float32:
-        raise TypeError(f"CpuBatchNorm2d (config cpu_conv: onednn) computes float32 only, got {element}; "
-                        "set cpu_conv: mindspore for other types")
+    x = float32_only(x, "CpuBatchNorm2d")
     return x, x, x, x, x
 
 

@@ -8,7 +8,7 @@ No parameters, so nothing changes in checkpoints. Built with the convolution ker
 from mindspore import Tensor, nn, ops
 from mindspore.common import dtype as mstype
 
-from src.models.onednn_build import library
+from src.models.onednn_build import float32_only, library
 
 SAME = -1  # pads of pad_mode "same": computed by the kernel from the input's shape
 
@@ -17,14 +17,6 @@ def _out_size(size, kernel, stride, before, after):
     if before == SAME:
         return (size + stride - 1) // stride
     return (size + before + after - kernel) // stride + 1
-
-
-def _float32(x):
-    element = x.element_type() if isinstance(x, mstype.TensorType) else x
-    if element != mstype.float32:
-        raise TypeError(f"CpuMaxPool2d (config cpu_conv: onednn) computes float32 only, got {element}; "
-                        "set cpu_conv: mindspore for other types")
-    return x
 
 
 def pool_kernels(kernel, stride, pads):
@@ -44,7 +36,8 @@ def pool_kernels(kernel, stride, pads):
         return backward(dout[0], out[1], x, cfg), ops.zeros_like(cfg)
 
     forward = ops.Custom(f"{so}:pool_forward", out_shape=out_shape,
-                         out_dtype=lambda x, cfg: (_float32(x), mstype.int32), func_type="aot", bprop=bprop)
+                         out_dtype=lambda x, cfg: (float32_only(x, "CpuMaxPool2d"), mstype.int32), func_type="aot",
+                         bprop=bprop)
     # Custom ops with equal attributes are merged by graph compilation (see onednn_conv.py).
     for op in (forward, backward):
         op.add_prim_attr("pool_cfg", [kernel, stride, *pads])

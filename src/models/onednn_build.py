@@ -157,6 +157,18 @@ def _build(threads):
     return kernels
 
 
+def float32_only(dtype, cell):
+    """`dtype` (an out_dtype argument of a Custom op, called while the graph compiles) if it is float32, else a
+    TypeError naming `cell`: the kernels compute float32 only, and this is clearer than the kernel's refusal."""
+    from mindspore.common import dtype as mstype
+
+    element = dtype.element_type() if isinstance(dtype, mstype.TensorType) else dtype
+    if element != mstype.float32:
+        raise TypeError(f"{cell} (config {CONFIG_KEY}: onednn) computes float32 only, got {element}; "
+                        f"set {CONFIG_KEY}: mindspore for other types")
+    return dtype
+
+
 def library(threads=None):
     """Path of the built kernels (built at the first call); raises OneDnnUnavailableError."""
     with _lock:
