@@ -128,16 +128,17 @@ def _build(threads):
         raise OneDnnUnavailableError(f"built for Linux x86-64 only, this is {platform.system()} {platform.machine()}")
     onednn = mindspore_onednn()
     cxx = _compiler()
+    info = os.stat(onednn)
+    onednn_id = f"{onednn} {info.st_size} {info.st_mtime_ns}".encode()
     digest = hashlib.sha256()
     for path in SOURCES + HEADERS:
         with open(path, "rb") as f:
             digest.update(f.read())
-    info = os.stat(onednn)
-    digest.update(f"{cxx} {' '.join(CXXFLAGS)} {onednn} {info.st_size} {info.st_mtime_ns}".encode())
-    key = digest.hexdigest()[:16]
+    digest.update(f"{cxx} {' '.join(CXXFLAGS)} ".encode() + onednn_id)
     folder = _cache_dir()
-    kernels = os.path.join(folder, f"onednn_conv-{key}.so")
-    private = os.path.join(folder, f"libdnnl-{key}.so.3")
+    kernels = os.path.join(folder, f"onednn_conv-{digest.hexdigest()[:16]}.so")
+    # Named by MindSpore's library alone: a new version of our kernels reuses the copy (58 MB) of an unchanged one.
+    private = os.path.join(folder, f"libdnnl-{hashlib.sha256(onednn_id).hexdigest()[:16]}.so.3")
     if not os.path.isfile(private):
         _replace_atomic(lambda tmp: shutil.copyfile(onednn, tmp), private)
     if not os.path.isfile(kernels):

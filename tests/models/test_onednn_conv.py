@@ -129,3 +129,29 @@ def test_a_failing_compile_names_the_source(monkeypatch, tmp_path):
         onednn_build.library()
     assert not [p for p in tmp_path.rglob("*.so") if p.name.startswith("onednn_conv")]  # nothing half-written
 
+
+
+def test_new_kernels_reuse_the_private_onednn_copy(monkeypatch, tmp_path):
+    """The 58 MB copy of MindSpore's libdnnl is named by that library alone: a change of our sources builds new
+    kernels beside the same copy, instead of one more copy per version."""
+    monkeypatch.setenv(onednn_build.CACHE_VAR, str(tmp_path / "cache"))
+    for name in (onednn_build._ENV_LIB, onednn_build._ENV_THREADS, onednn_build._ENV_UNCAP):
+        monkeypatch.setenv(name, "")  # _build sets them; restored after the test
+    fake_onednn = tmp_path / "libdnnl.so.3"
+    fake_onednn.write_bytes(b"not really oneDNN")
+    monkeypatch.setattr(onednn_build, "mindspore_onednn", lambda: str(fake_onednn))
+    compiler = tmp_path / "fake-c++"
+    compiler.write_text('#!/bin/sh\nwhile [ "$1" != "-o" ]; do shift; done\necho built > "$2"\n')
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CXX", str(compiler))
+    source = tmp_path / "kernels.cc"
+    monkeypatch.setattr(onednn_build, "SOURCES", (str(source),))
+    built = []
+    for version in ("// version 1\n", "// version 2\n"):
+        source.write_text(version)
+        built.append(onednn_build._build(threads=1))
+    folder = tmp_path / "cache" / "onednn_conv"
+    assert len(set(built)) == 2 and all(open(path).read() == "built\n" for path in built)
+    copies = sorted(p.name for p in folder.glob("libdnnl-*.so.3"))
+    assert len(copies) == 1, copies
+    assert (folder / copies[0]).read_bytes() == b"not really oneDNN"
