@@ -4,9 +4,11 @@
 // Why: MindSpore 2.10's CPU BatchNorm runs oneDNN's generic `ncsp_bnorm:any` on NCHW, and its BatchNormGrad took
 // twice PyTorch's time (bench/train_results.md); the ReLU after it is one more pass over the tensor each way.
 // Here, per channel (a job of the pool), two passes compute the mean and the variance and one writes
-// y = relu(gamma * (x - mean) * invstd + beta); the backward writes the masked dy into dx, sums it and its product
-// with x - mean, and turns dx into the input gradient in place. A channel's planes stay in L2 between the passes.
-// The time against MindSpore's BatchNorm, BatchNormGrad, ReLU and ReluGrad: bench/train_results.md.
+// y = relu(gamma * (x - mean) * invstd + beta); the backward, on blocks of channels that fit L2 and image by image
+// (a block's planes of one image are contiguous, where one channel's small planes are scattered), writes the
+// masked dy into dx, sums it and its product with x - mean, and turns dx into the input gradient in place.
+// Sums run in float lanes added into double (Lanes). The time against MindSpore's BatchNorm, BatchNormGrad, ReLU
+// and ReluGrad: bench/train_results.md; against PyTorch's, layer by layer: bench/bench_batchnorm.py.
 //
 // Kernel signatures (MindSpore's AOT convention: params = inputs then outputs):
 //   bn_forward(x, gamma, beta, moving_mean, moving_variance, cfg)
@@ -24,6 +26,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "thread_pool.h"
 
@@ -51,30 +54,67 @@ void for_channels(int64_t channels, Fn fn) {
   });
 }
 
-// Sum of a plane in 8 float lanes (vectorisable without reassociation flags), returned in double.
-inline double plane_sum(const float *p, int64_t len) {
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+// Blocks [c0, c1) of at most `block` channels within each job's channels, for kernels that walk a block's planes
+// image by image: with small planes (8 x 8 and below) one channel's planes are scattered 256-byte pieces, while
+// a block's planes of one image are one contiguous run.
+template <class Fn>
+void for_channel_blocks(int64_t channels, int64_t block, Fn fn) {
+  Pool *pool = &metric_learn::own_kernels_pool();
+  int jobs = (int)std::min<int64_t>(channels, 4 * pool->get_num_threads());
+  pool->parallel_for(jobs, [&](int i, int n) {
+    int64_t first = channels * i / n, last = channels * (i + 1) / n;
+    for (int64_t c0 = first; c0 < last; c0 += block) fn(c0, std::min(last, c0 + block));
+  });
+}
+
+// Channels per block: a block's dy, x, y and dx stay in L2 (its 384 KB) between the backward's two passes.
+inline int64_t l2_block(const Shape &s) {
+  return std::max<int64_t>(1, (384 << 10) / std::max<int64_t>(1, s.n * s.hw * 4 * int64_t(sizeof(float))));
+}
+
+// Per-channel sums in 8 float lanes (the loops vectorise without reassociation flags), added into a double
+// total once a lane holds kFlush terms: the float rounding stays that of kFlush additions whatever N x H x W,
+// and a channel of small planes (4 x 4 at 64 px) pays one reduction, not one per plane.
+constexpr int64_t kFlush = 128;
+
+struct Lanes {
+  float v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  double total = 0;
+  int64_t pending = 0;  // terms per lane since the last flush
+
+  void after_plane(int64_t len) {
+    pending += (len + 7) / 8;
+    if (pending >= kFlush) flush();
+  }
+  double flush() {
+    for (int k = 0; k < 8; ++k) {
+      total += v[k];
+      v[k] = 0;
+    }
+    pending = 0;
+    return total;
+  }
+};
+
+// The terms of one plane into the lanes: term i into lane i % 8, the tail (len % 8 terms) into the first lanes.
+inline void add_plane(const float *__restrict p, int64_t len, float *__restrict acc) {
   int64_t i = 0;
   for (; i + 8 <= len; i += 8)
     for (int k = 0; k < 8; ++k) acc[k] += p[i + k];
-  double s = 0;
-  for (int k = 0; k < 8; ++k) s += acc[k];
-  for (; i < len; ++i) s += p[i];
-  return s;
+  for (int k = 0; i < len; ++i, ++k) acc[k] += p[i];
 }
 
-inline double plane_sq_dev(const float *p, int64_t len, float mean) {
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+inline void add_plane_sq_dev(const float *__restrict p, int64_t len, float mean, float *__restrict acc) {
   int64_t i = 0;
   for (; i + 8 <= len; i += 8)
     for (int k = 0; k < 8; ++k) {
-      float d = p[i + k] - mean;
+      const float d = p[i + k] - mean;
       acc[k] += d * d;
     }
-  double s = 0;
-  for (int k = 0; k < 8; ++k) s += acc[k];
-  for (; i < len; ++i) s += double(p[i] - mean) * (p[i] - mean);
-  return s;
+  for (int k = 0; i < len; ++i, ++k) {
+    const float d = p[i] - mean;
+    acc[k] += d * d;
+  }
 }
 
 void forward(void **params, int *ndims, int64_t **shapes) {
@@ -89,17 +129,23 @@ void forward(void **params, int *ndims, int64_t **shapes) {
   const bool relu = cfg[2] != 0;
   const double m = double(s.n) * s.hw;
   for_channels(s.c, [&](int64_t c) {
-    double sum = 0;
-    for (int64_t n = 0; n < s.n; ++n) sum += plane_sum(x + (n * s.c + c) * s.hw, s.hw);
-    const float mean = float(sum / m);
-    double sq = 0;
-    for (int64_t n = 0; n < s.n; ++n) sq += plane_sq_dev(x + (n * s.c + c) * s.hw, s.hw, mean);
+    Lanes sums, squares;
+    for (int64_t n = 0; n < s.n; ++n) {
+      add_plane(x + (n * s.c + c) * s.hw, s.hw, sums.v);
+      sums.after_plane(s.hw);
+    }
+    const float mean = float(sums.flush() / m);
+    for (int64_t n = 0; n < s.n; ++n) {
+      add_plane_sq_dev(x + (n * s.c + c) * s.hw, s.hw, mean, squares.v);
+      squares.after_plane(s.hw);
+    }
+    const double sq = squares.flush();
     const double var = sq / m;
     const float invstd = float(1.0 / std::sqrt(var + eps));
     const float scale = gamma[c] * invstd, shift = beta[c] - mean * scale;
     for (int64_t n = 0; n < s.n; ++n) {
-      const float *xp = x + (n * s.c + c) * s.hw;
-      float *yp = y + (n * s.c + c) * s.hw;
+      const float *__restrict xp = x + (n * s.c + c) * s.hw;
+      float *__restrict yp = y + (n * s.c + c) * s.hw;
       if (relu)
         for (int64_t i = 0; i < s.hw; ++i) yp[i] = std::max(xp[i] * scale + shift, 0.0f);
       else
@@ -124,23 +170,31 @@ inline float relu_mask(float dy, float y) {
   return out;
 }
 
-// Sums of dz and of dz * (x - mean) over a plane, in 8 float lanes, returned in double.
-inline void plane_grad_sums(const float *dz, const float *x, float mean, int64_t len, double *sum_dz,
-                            double *sum_dz_xc) {
-  float a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, b[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+// The terms dz and dz * (x - mean) of one plane into two sets of lanes (as add_plane).
+inline void add_plane_grad(const float *__restrict dz, const float *__restrict x, float mean, int64_t len,
+                           float *__restrict a, float *__restrict b) {
   int64_t i = 0;
   for (; i + 8 <= len; i += 8)
     for (int k = 0; k < 8; ++k) {
       a[k] += dz[i + k];
       b[k] += dz[i + k] * (x[i + k] - mean);
     }
-  for (int k = 0; k < 8; ++k) {
-    *sum_dz += a[k];
-    *sum_dz_xc += b[k];
+  for (int k = 0; i < len; ++i, ++k) {
+    a[k] += dz[i];
+    b[k] += dz[i] * (x[i] - mean);
   }
-  for (; i < len; ++i) {
-    *sum_dz += dz[i];
-    *sum_dz_xc += double(dz[i]) * (x[i] - mean);
+}
+
+// dx = k_dz * (dz - mean_dz - (x - mean) * k_xc) over one plane; `dz` may be `dx` (in place).
+inline void plane_input_grad(const float *dz, const float *__restrict x, float mean, float k_dz, float mean_dz,
+                             float k_xc, int64_t len, float *dx) {
+  if (dz == dx) {
+    float *__restrict out = dx;
+    for (int64_t i = 0; i < len; ++i) out[i] = k_dz * (out[i] - mean_dz - (x[i] - mean) * k_xc);
+  } else {
+    const float *__restrict in = dz;
+    float *__restrict out = dx;
+    for (int64_t i = 0; i < len; ++i) out[i] = k_dz * (in[i] - mean_dz - (x[i] - mean) * k_xc);
   }
 }
 
@@ -154,32 +208,43 @@ void backward(void **params, int *ndims, int64_t **shapes) {
         *dbeta = static_cast<float *>(params[9]);
   const bool relu = cfg[2] != 0;
   const double m = double(s.n) * s.hw;
-  for_channels(s.c, [&](int64_t c) {
-    const float mu = mean[c], is = invstd[c];
-    // dz: dy, or with the ReLU dy masked by y > 0, written into dx first.
-    double sum_dz = 0, sum_dz_xc = 0;
-    for (int64_t n = 0; n < s.n; ++n) {
-      const int64_t off = (n * s.c + c) * s.hw;
-      const float *dz = dy + off;
-      if (relu) {
-        for (int64_t i = 0; i < s.hw; ++i) dx[off + i] = relu_mask(dy[off + i], y[off + i]);
-        dz = dx + off;
+  for_channel_blocks(s.c, l2_block(s), [&](int64_t c0, int64_t c1) {
+    // Pass 1, image by image: dz (dy, or with the ReLU dy masked by y > 0, written into dx first), and the
+    // per-channel sums of dz and dz * (x - mean).
+    std::vector<Lanes> dz_sums(c1 - c0), dz_xc_sums(c1 - c0);
+    for (int64_t n = 0; n < s.n; ++n)
+      for (int64_t c = c0; c < c1; ++c) {
+        const int64_t off = (n * s.c + c) * s.hw;
+        const float *dz = dy + off;
+        if (relu) {
+          const float *__restrict dyp = dy + off, *__restrict yp = y + off;
+          float *__restrict dzp = dx + off;
+          for (int64_t i = 0; i < s.hw; ++i) dzp[i] = relu_mask(dyp[i], yp[i]);
+          dz = dx + off;
+        }
+        add_plane_grad(dz, x + off, mean[c], s.hw, dz_sums[c - c0].v, dz_xc_sums[c - c0].v);
+        dz_sums[c - c0].after_plane(s.hw);
+        dz_xc_sums[c - c0].after_plane(s.hw);
       }
-      plane_grad_sums(dz, x + off, mu, s.hw, &sum_dz, &sum_dz_xc);
+    // dx = gamma * invstd * (dz - mean(dz) - (x - mean) * invstd^2 * mean(dz * (x - mean))), per channel
+    // k_dz * (dz - mean_dz - (x - mean) * k_xc).
+    std::vector<float> k_dz(c1 - c0), mean_dz(c1 - c0), k_xc(c1 - c0);
+    for (int64_t c = c0; c < c1; ++c) {
+      const double sum_dz = dz_sums[c - c0].flush(), sum_dz_xc = dz_xc_sums[c - c0].flush();
+      const float is = invstd[c];
+      dbeta[c] = float(sum_dz);
+      dgamma[c] = float(sum_dz_xc * is);
+      k_dz[c - c0] = gamma[c] * is;
+      mean_dz[c - c0] = float(sum_dz / m);
+      k_xc[c - c0] = float(sum_dz_xc / m) * is * is;
     }
-    dbeta[c] = float(sum_dz);
-    dgamma[c] = float(sum_dz_xc * is);
-    // dx = gamma * invstd * (dz - mean(dz) - (x - mean) * invstd^2 * mean(dz * (x - mean)))
-    const float k_dz = gamma[c] * is, mean_dz = float(sum_dz / m), k_xc = float(sum_dz_xc / m) * is * is;
-    for (int64_t n = 0; n < s.n; ++n) {
-      const int64_t off = (n * s.c + c) * s.hw;
-      float *out = dx + off;
-      const float *xp = x + off;
-      if (relu)  // dz is in dx: in place
-        for (int64_t i = 0; i < s.hw; ++i) out[i] = k_dz * (out[i] - mean_dz - (xp[i] - mu) * k_xc);
-      else
-        for (int64_t i = 0; i < s.hw; ++i) out[i] = k_dz * (dy[off + i] - mean_dz - (xp[i] - mu) * k_xc);
-    }
+    // Pass 2, image by image; with the ReLU, dz is in dx already and is replaced in place.
+    for (int64_t n = 0; n < s.n; ++n)
+      for (int64_t c = c0; c < c1; ++c) {
+        const int64_t off = (n * s.c + c) * s.hw;
+        plane_input_grad(relu ? dx + off : dy + off, x + off, mean[c], k_dz[c - c0], mean_dz[c - c0],
+                         k_xc[c - c0], s.hw, dx + off);
+      }
   });
 }
 

@@ -62,8 +62,11 @@ def make(cls, channels, seed, **kwargs):
     return bn
 
 
-# Planes of 24 (whole 8-lane blocks), 25 (a tail), 1 (no block) and 63 elements.
-@pytest.mark.parametrize("shape", [(3, 5, 4, 6), (4, 16, 5, 5), (6, 8, 1, 1), (2, 3, 7, 9)])
+# Planes of 24 (whole 8-lane blocks), 25 (a tail), 1 (no block) and 63 elements; 40 planes of 64, whose sums
+# reach the double total three times (every 16 planes); 200 channels of 32 x 32, walked in blocks of 12 channels
+# (the backward's L2 blocks) with, on 2 threads, a last block of 1 in each job's 25.
+@pytest.mark.parametrize("shape", [(3, 5, 4, 6), (4, 16, 5, 5), (6, 8, 1, 1), (2, 3, 7, 9), (40, 8, 8, 8),
+                                   (2, 200, 32, 32)])
 @pytest.mark.parametrize("relu", [False, True])
 def test_training_step_equals_numpy_and_mindspore(shape, relu):
     rng = np.random.default_rng(shape[1] * 10 + relu)
