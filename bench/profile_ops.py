@@ -4,7 +4,7 @@ Usage:
   python bench/profile_ops.py [--size 64 --batch 33] [--steps 3] [--eval] [--markdown out.md]
 
 Both frameworks run the bare step on one fixed random batch (no data pipeline): ours is
-ResNet50 + Tripletloss + Momentum in a TrainOneStepCell (GRAPH mode, what train.py's Model runs on
+ResNet50 + Tripletloss + train.py's Momentum in a TrainOneStepCell (GRAPH mode, what train.py's Model runs on
 CPU), timed with mindspore.Profiler; the reference is bench_train.torch_resnet50 with the same loss
 and SGD momentum, timed with torch.profiler, under the tuned jemalloc of bench_train (PyTorch's
 faster allocator here). `--eval` profiles a forward pass in inference mode instead.
@@ -41,10 +41,10 @@ RESULT_TAG = "PROFILE_RESULT "
 # Operator kind -> (MindSpore op types, PyTorch aten ops). Self times; PyTorch computes the data and
 # weight gradients of a convolution in one op, MindSpore in two.
 KINDS = {
-    # With cpu_conv onednn (the CPU default) the convolutions, the BatchNorms (+ the ReLU after bn1/bn2) and the max
-    # pool are AOT custom kernels (src/models/onednn_conv.cc, batchnorm.cc, maxpool.cc), all of op type "Custom";
-    # profile_ms names them by the cell they run in (custom_op_kind). With cpu_conv=mindspore: Conv2D, BatchNorm,
-    # MaxPool and their gradient ops.
+    # With cpu_conv onednn (the CPU default) the convolutions, the BatchNorms (+ the ReLU after bn1/bn2), the max
+    # pool and the optimizer are AOT custom kernels (src/models/onednn_conv.cc, batchnorm.cc, maxpool.cc,
+    # src/training/fused_momentum.cc), all of op type "Custom"; profile_ms names them by the cell they run in
+    # (custom_op_kind). With cpu_conv=mindspore: Conv2D, BatchNorm, MaxPool, ApplyMomentum and their kin.
     "convolution forward + backward": (("Custom:OneDnnConv2d", "Custom:OneDnnConv2d grad", "Conv2D",
                                         "Conv2DBackpropInput", "Conv2DBackpropFilter"),
                                        ("aten::mkldnn_convolution", "aten::convolution_backward")),
@@ -56,9 +56,9 @@ KINDS = {
     "max pool forward + backward": (("MaxPool", "MaxPoolGrad", "Custom:CpuMaxPool2d", "Custom:CpuMaxPool2d grad"),
                                     ("aten::max_pool2d_with_indices", "aten::max_pool2d_with_indices_backward")),
     "residual add": (("Add",), ("aten::add",)),
-    "optimizer (momentum, weight decay)": (("ApplyMomentum", "AddN", "Mul"), ("aten::add_", "aten::mul_",
-                                                                               "aten::_foreach_add_",
-                                                                               "aten::_foreach_mul_")),
+    "optimizer (momentum, weight decay)": (("ApplyMomentum", "AddN", "Mul", "Custom:FusedMomentum"),
+                                           ("aten::add_", "aten::mul_", "aten::_foreach_add_",
+                                            "aten::_foreach_mul_")),
 }
 
 
@@ -76,16 +76,19 @@ def ms_step(size, batch, evaluate):
     from src.models.resnet import ResNet50
     from src.runtime.config import load_config
     from src.runtime.context import init_context
+    from src.training.fused_momentum import momentum_optimizer
 
     init_context("CPU")
     ms.set_seed(1)
     cfg = load_config("triplet", "CPU")
-    net = ResNet50(conv=onednn_build.resolve(cfg.cpu_conv, "CPU"))  # as train.py builds it
+    conv = onednn_build.resolve(cfg.cpu_conv, "CPU")
+    net = ResNet50(conv=conv)  # as train.py builds it
     x = ms.Tensor(np.random.default_rng(0).random((batch, 3, size, size), np.float32))
     if evaluate:
         net.set_train(False)
         return lambda: net(x).asnumpy()
-    optimizer = nn.Momentum(net.trainable_params(), cfg.lr_max, cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = momentum_optimizer(net.trainable_params(), cfg.lr_max, cfg.momentum, cfg.weight_decay, 1.0,
+                                   fused=conv == "onednn")  # as src.training.trainer chooses it
     train = nn.TrainOneStepCell(nn.WithLossCell(net, create_loss("triplet", cfg)), optimizer)
     train.set_train(True)  # BatchNorm on batch statistics, as Model.train sets it (a Cell starts in inference mode)
     y = ms.Tensor(triplet_labels(batch))

@@ -7,10 +7,11 @@ MindSpore 2.10's CPU Conv2D hands oneDNN plain NCHW tensors, and oneDNN then run
 same name, same checkpoints) whose forward and gradients are three MindSpore AOT custom kernels
 (onednn_conv.cc) that let the same oneDNN pick the layout: they reorder the plain tensors in, run its kernel
 and reorder the result back. The same library holds batchnorm.cc's training-mode BatchNorm (+ ReLU) kernels
-(src/models/batchnorm.py's CpuBatchNorm2d) and maxpool.cc's max pool (maxpool.py), chosen with them. This
+(src/models/batchnorm.py's CpuBatchNorm2d), maxpool.cc's max pool (maxpool.py) and the optimizer's update
+(src/training/fused_momentum.cc / .py), chosen with them. This
 module imports no MindSpore until it builds.
 
-Building: at the first use per process, the three .cc files are compiled with the system's C++ compiler (`CXX`,
+Building: at the first use per process, the .cc files (SOURCES) are compiled with the system's C++ compiler (`CXX`,
 else g++ / c++) into a cache folder (METRIC_LEARN_CACHE, else ~/.cache/metric_learn, else a temp folder), with a
 private copy of MindSpore's own libdnnl.so.3 beside it: a copy has its own CPU dispatch, so it runs its AVX-512
 kernels while MindSpore's runs under src/runtime/env.py's AVX2 cap (a cap the user set applies to both). Both
@@ -35,9 +36,10 @@ from src.runtime.log import get_logger
 CONFIG_KEY = "cpu_conv"
 IMPLEMENTATIONS = ("onednn", "mindspore")
 _HERE = os.path.dirname(os.path.abspath(__file__))
-# One library: the convolutions (onednn_conv.cc), BatchNorm + ReLU (batchnorm.cc, src/models/batchnorm.py) and
-# the max pool (maxpool.cc, src/models/maxpool.py).
-SOURCES = tuple(os.path.join(_HERE, name) for name in ("onednn_conv.cc", "batchnorm.cc", "maxpool.cc"))
+# One library: the convolutions (onednn_conv.cc), BatchNorm + ReLU (batchnorm.cc, src/models/batchnorm.py),
+# the max pool (maxpool.cc, src/models/maxpool.py) and the optimizer (src/training/fused_momentum.cc / .py).
+SOURCES = tuple(os.path.join(_HERE, name) for name in ("onednn_conv.cc", "batchnorm.cc", "maxpool.cc",
+                                                       os.path.join("..", "training", "fused_momentum.cc")))
 HEADERS = tuple(os.path.join(_HERE, name) for name in ("onednn_api.h", "thread_pool.h"))
 CXXFLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC")
 CACHE_VAR = "METRIC_LEARN_CACHE"

@@ -28,6 +28,7 @@ from src.models.resnet import CONVENTION_KEY, backbone_from_config, freeze_batch
 from src.runtime.config import save_config
 from src.runtime.log import get_logger
 from src.training.callbacks import CheckpointSaver, EvalCallback, TrainMonitor
+from src.training.fused_momentum import momentum_optimizer
 from src.training.history import FILE_NAME as HISTORY_FILE
 from src.training.history import HistoryWriter
 from src.training.lr_generator import get_lr
@@ -130,7 +131,8 @@ class TrainingSetup:
 
 def build_training(loss_name, cfg, steps_per_epoch, ckpt_path=None):
     """The network, loss, Momentum optimizer and Model of a stage, as train.py trains them (also what
-    bench/parity_torch.py steps next to PyTorch). `ckpt_path`: initial backbone weights."""
+    bench/parity_torch.py steps next to PyTorch). `ckpt_path`: initial backbone weights. On CPU with our kernels
+    (cpu_conv: onednn) the optimizer is src/training/fused_momentum.py's, elsewhere nn.Momentum."""
     network, backbone = build_network(loss_name, cfg)
     if ckpt_path:
         load_backbone_checkpoint(backbone, ckpt_path, new_head=True)
@@ -143,9 +145,9 @@ def build_training(loss_name, cfg, steps_per_epoch, ckpt_path=None):
                 cfg.lr_decay_mode)
     if len(lr) < cfg.epoch_size * steps_per_epoch:
         raise ValueError(f"learning-rate array has {len(lr)} entries, needs {cfg.epoch_size * steps_per_epoch}")
-    optimizer = nn.Momentum(parameter_groups(network, loss, lr, cfg.weight_decay, cfg.proxy_lr_multiplier),
-                            learning_rate=ms.Tensor(lr), momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                            loss_scale=float(cfg.loss_scale))
+    fused = onednn_build.resolve(cfg.cpu_conv, ms.get_context("device_target")) == "onednn"
+    optimizer = momentum_optimizer(parameter_groups(network, loss, lr, cfg.weight_decay, cfg.proxy_lr_multiplier),
+                                   ms.Tensor(lr), cfg.momentum, cfg.weight_decay, float(cfg.loss_scale), fused)
     model = Model(network, loss_fn=loss, optimizer=optimizer, amp_level=cfg.amp_level,
                   loss_scale_manager=FixedLossScaleManager(float(cfg.loss_scale), drop_overflow_update=False))
     return TrainingSetup(model, network, backbone, loss, lr)
