@@ -56,7 +56,9 @@ KINDS = {
     "max pool forward + backward": (("MaxPool", "MaxPoolGrad", "Custom:CpuMaxPool2d", "Custom:CpuMaxPool2d grad"),
                                     ("aten::max_pool2d_with_indices", "aten::max_pool2d_with_indices_backward")),
     "residual add": (("Add",), ("aten::add",)),
-    "optimizer (momentum, weight decay)": (("ApplyMomentum", "AddN", "Mul", "Custom:FusedMomentum"),
+    # The optimizer's ops carry no cell scope ("Default/Custom-op0"): src/training/fused_momentum.py's kernel is
+    # the one Custom op outside every cell. (AddN also sums the backward's gradients of tensors used twice.)
+    "optimizer (momentum, weight decay)": (("ApplyMomentum", "AddN", "Mul", "Custom:?"),
                                            ("aten::add_", "aten::mul_", "aten::_foreach_add_",
                                             "aten::_foreach_mul_")),
 }
@@ -125,7 +127,8 @@ def torch_step(size, batch, evaluate):
 
 def custom_op_kind(op_type, full_name):
     """A Custom op is named by the cell it runs in ("Custom:OneDnnConv2d", "Custom:CpuBatchNorm2d grad", from
-    full names like ".../conv1-OneDnnConv2d/Grad_Custom/Custom-op90"); other ops by their type."""
+    full names like ".../conv1-OneDnnConv2d/Grad_Custom/Custom-op90"; "Custom:?" outside every cell); other ops
+    by their type."""
     if op_type != "Custom":
         return op_type
     scopes = full_name.split("/")[:-1]
