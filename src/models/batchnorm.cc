@@ -43,20 +43,9 @@ Shape nchw(int ndim, const int64_t *shape) {
   return {shape[0], shape[1], shape[2] * shape[3]};
 }
 
-// Channels [first, last) of job `i` of `jobs`.
-template <class Fn>
-void for_channels(int64_t channels, Fn fn) {
-  Pool *pool = &metric_learn::own_kernels_pool();
-  int jobs = (int)std::min<int64_t>(channels, 4 * pool->get_num_threads());
-  pool->parallel_for(jobs, [&](int i, int n) {
-    int64_t first = channels * i / n, last = channels * (i + 1) / n;
-    for (int64_t c = first; c < last; ++c) fn(c);
-  });
-}
-
-// Blocks [c0, c1) of at most `block` channels within each job's channels, for kernels that walk a block's planes
-// image by image: with small planes (8 x 8 and below) one channel's planes are scattered 256-byte pieces, while
-// a block's planes of one image are one contiguous run.
+// Blocks [c0, c1) of at most `block` channels within each job's channels (jobs of the pool: a few per thread).
+// The backward walks a block's planes image by image: with small planes (8 x 8 and below) one channel's planes
+// are scattered 256-byte pieces, while a block's planes of one image are one contiguous run.
 template <class Fn>
 void for_channel_blocks(int64_t channels, int64_t block, Fn fn) {
   Pool *pool = &metric_learn::own_kernels_pool();
@@ -65,6 +54,12 @@ void for_channel_blocks(int64_t channels, int64_t block, Fn fn) {
     int64_t first = channels * i / n, last = channels * (i + 1) / n;
     for (int64_t c0 = first; c0 < last; c0 += block) fn(c0, std::min(last, c0 + block));
   });
+}
+
+// Each channel on its own (blocks of 1).
+template <class Fn>
+void for_channels(int64_t channels, Fn fn) {
+  for_channel_blocks(channels, 1, [&](int64_t c, int64_t) { fn(c); });
 }
 
 // Channels per block: a block's dy, x, y and dx stay in L2 (its 384 KB) between the backward's two passes.
