@@ -1,15 +1,20 @@
 """Training parity with PyTorch: from the same start, on the same batches, does our training take PyTorch's steps?
 
     python bench/parity_torch.py [--steps 20] [--image-size 64] [--batch 60] [--stages softmax triplet ...]
-                                 [--pth resnet50.pth] [--json OUT] [--markdown bench/parity_results.md]
+                                 [--start trained|random] [--pretrain-steps 200] [--pth resnet50.pth]
+                                 [--set KEY=VALUE ...] [--json OUT] [--markdown bench/parity_results.md]
     python bench/parity_torch.py --write-fixture tests/fixtures/parity_reference.npz   (2 steps, 32 px, batch 12)
 
 PyTorch (torch==2.13.0, pytorch-metric-learning==2.9.0) is a benchmark-only dependency, as in bench_train.py.
 
 Start: torchvision's ResNet-50 layout with seeded random weights (tests/models/torchvision_reference.py's
 random_state_dict, He-normal convolutions, BatchNorm statistics of order one, an fc layer over the training
-classes) or a given .pth, written as a .pth and converted with `python -m src.convert_weights --with_fc` (the
-user's path; the checkpoint records backbone_padding: symmetric, i.e. torchvision's padding and BatchNorm eps).
+classes), by default then trained by PyTorch for --pretrain-steps softmax steps on the demo photos (--start
+trained: a stand-in for the ImageNet weights every stage of the seed starts from, which cannot be downloaded
+here; cached beside the photos), or a given .pth; written as a .pth and converted with
+`python -m src.convert_weights --with_fc` (the user's path; the checkpoint records backbone_padding: symmetric,
+i.e. torchvision's padding and BatchNorm eps). From the random weights themselves (--start random) the steps are
+ill-conditioned: two correct float32 runs part after one or two steps (bench/parity_results.md has both).
 Batches: taken once from our data pipeline (create_dataset with the stage's sampler and augmentation, seed 1) on
 the demo photos, saved, and fed to both sides in the same order. Hyper-parameters: the stage's CPU config
 (momentum, weight decay, the per-step learning rates of get_lr over one epoch of `--steps` steps, label
@@ -71,6 +76,9 @@ DATA = {"grid": 4, "test_regions": 3, "views": 10, "rotation": 180.0, "flip": Tr
 # The suite's fixture: 2 steps at 32 px, batch 12, and a weight decay large enough (0.01) that a parameter decayed
 # on one side only changes its update by far more than rounding does (at the stages' 1e-4 it is 0.1% of one).
 FIXTURE = {"steps": 2, "image_size": 32, "batch": 12, "weight_decay": 0.01}
+# --start trained: the random weights after PyTorch softmax steps at a cosine lr from PRETRAIN["lr"], on batches
+# drawn with another seed than the stages' (which use the config's, 1).
+PRETRAIN = {"lr": 0.1, "seed": 2}
 PROJECTIONS = 8  # random projections per tensor in the fixture's digest of a training run
 
 
@@ -85,8 +93,7 @@ def stage_config(stage, image_size, batch, class_num, steps, **overrides):
     """The stage's CPU config with this run's sizes (batch rounded down to the stage's layout)."""
     from src.runtime.config import load_config
 
-    cfg = load_config(stage, "CPU")
-    cfg.update(overrides)
+    cfg = load_config(stage, "CPU", overrides=overrides)
     unit = 3 if stage == "triplet" else cfg.get("samples_each_class", 1) if stage in PK_STAGES else 1
     cfg.update(batch_size=batch - batch % unit, image_size=image_size, class_num=class_num, epoch_size=1,
                backbone_padding="symmetric", num_parallel_workers=1)
@@ -237,7 +244,8 @@ def torch_loss(torch, stage, cfg, proxies):
 
 def train_torch(stage, cfg, state, batches, lr, proxies=None, on_step=None, native_conv=False):
     """PyTorch's steps from `state` (torchvision names) on `batches`; on_step(step, loss, {our name: array}).
-    native_conv: convolutions by PyTorch's own kernels instead of oneDNN's (the same steps, rounded otherwise)."""
+    native_conv: convolutions by PyTorch's own kernels instead of oneDNN's (the same steps, rounded otherwise).
+    Returns ({our name: array} at the start, {torchvision name: array} at the end)."""
     import torch
 
     torch.backends.mkldnn.enabled = not native_conv
@@ -279,7 +287,7 @@ def train_torch(stage, cfg, state, batches, lr, proxies=None, on_step=None, nati
         optimizer.step()
         if on_step:
             on_step(step + 1, float(loss.detach()), snapshot())
-    return start
+    return start, {name: value.detach().numpy().copy() for name, value in model.state_dict().items()}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -324,6 +332,7 @@ def projection_digest(name, delta, start):
 # Workers (one process per framework and stage: torch and MindSpore each bring their own threads and oneDNN)
 
 def worker(side, job_path):
+    """One side's run of a job (run_stage's, or trained_start's: PyTorch alone, its final weights kept)."""
     with open(job_path) as f:
         job = json.load(f)
     from src.runtime.config import Config
@@ -331,12 +340,14 @@ def worker(side, job_path):
     cfg = Config(job["cfg"])
     inputs = np.load(job["inputs"])
     batches = [(inputs[f"x{i}"], inputs[f"y{i}"]) for i in range(cfg.steps)]
+    batches = [(from_uint8(x) if x.dtype == np.uint8 else x, y) for x, y in batches]
     proxies = inputs["proxies"] if "proxies" in inputs.files else None
     losses = []
 
     def on_step(step, loss, state):
         losses.append(loss)
-        np.savez(os.path.join(job["out"], f"{side}_step{step:03d}.npz"), **state)
+        if "final" not in job:
+            np.savez(os.path.join(job["out"], f"{side}_step{step:03d}.npz"), **state)
 
     if side == "ms":
         from src.runtime.context import init_context
@@ -345,8 +356,10 @@ def worker(side, job_path):
         start = train_ours(job["stage"], cfg, job["ckpt"], batches, proxies, on_step)
     else:
         state = dict(np.load(job["state"]))
-        start = train_torch(job["stage"], cfg, state, batches, inputs["lr"], proxies, on_step,
-                            native_conv=side == "torch_native")
+        start, final = train_torch(job["stage"], cfg, state, batches, inputs["lr"], proxies, on_step,
+                                   native_conv=side == "torch_native")
+        if "final" in job:
+            np.savez(job["final"], **final)
     np.savez(os.path.join(job["out"], f"{side}_step000.npz"), **start)
     np.save(os.path.join(job["out"], f"{side}_losses.npy"), np.array(losses))
 
@@ -364,6 +377,42 @@ def initial_proxies(cfg, seed=0):
     so that the suite's fixture needs only the seed."""
     rng = np.random.default_rng(seed)
     return (rng.standard_normal((cfg.class_num, 2048)) * np.sqrt(2.0 / cfg.class_num)).astype(np.float32)
+
+
+def trained_start(state, data, images, args, work):
+    """The default start: `state` (torchvision names) after args.pretrain_steps PyTorch steps of the softmax stage's
+    loss on the demo photos (batches of our pipeline with seed PRETRAIN["seed"], not the stages' seed, cosine lr
+    from PRETRAIN["lr"]); cached in `data` (about 100 MB), as it takes about a second a step."""
+    steps = args.pretrain_steps
+    path = os.path.join(data, f"trained_start_{steps}steps_b{args.batch}_lr{PRETRAIN['lr']}_seed{PRETRAIN['seed']}.npz")
+    if os.path.exists(path):
+        log(f"start: {path} (cached)")
+        return dict(np.load(path))
+    from src.training.lr_generator import get_lr
+
+    cfg = stage_config("softmax", args.image_size, args.batch, images.num_classes, steps, seed=PRETRAIN["seed"])
+    out = os.path.join(work, "pretrain")
+    os.makedirs(out, exist_ok=True)
+    inputs = {"lr": get_lr(PRETRAIN["lr"], 0.0, PRETRAIN["lr"], 0, 1, steps, "cosine")}
+    for i, (x, y) in enumerate(pipeline_batches(data, images, cfg, "softmax")):
+        inputs[f"x{i}"], inputs[f"y{i}"] = to_uint8(x), y
+    np.savez(os.path.join(out, "inputs.npz"), **inputs)
+    np.savez(os.path.join(out, "state.npz"), **state)
+    partial = path[:-len(".npz")] + ".partial.npz"
+    job = {"stage": "softmax", "cfg": dict(cfg), "inputs": os.path.join(out, "inputs.npz"),
+           "state": os.path.join(out, "state.npz"), "out": out, "final": partial}
+    with open(os.path.join(out, "job.json"), "w") as f:
+        json.dump(job, f)
+    log(f"start: training the random weights for {steps} PyTorch softmax steps (batch {cfg.batch_size}, "
+        f"{args.image_size} px), about a second each")
+    t0 = time.perf_counter()
+    run_worker("torch", os.path.join(out, "job.json"))
+    losses = np.load(os.path.join(out, "torch_losses.npy"))
+    os.replace(partial, path)
+    shutil.rmtree(out)
+    log(f"start: loss {losses[:10].mean():.3f} over the first 10 steps, {losses[-10:].mean():.3f} over the last "
+        f"10 ({time.perf_counter() - t0:.0f} s); cached as {path}")
+    return dict(np.load(path))
 
 
 def run_stage(stage, args, data, images, state, ckpt, work, sides=SIDES):
@@ -519,7 +568,14 @@ def parse_args(argv=None):
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=60, help="batch size, rounded down to the stage's layout")
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
-    parser.add_argument("--pth", help="start from these torchvision weights instead of seeded random ones")
+    parser.add_argument("--start", choices=("trained", "random"), default="trained",
+                        help="trained: the seeded random weights after --pretrain-steps PyTorch softmax steps on the "
+                             "demo photos (a trained network, as the seed's stages start from); random: those "
+                             "random weights themselves (ill-conditioned: two correct runs part within steps)")
+    parser.add_argument("--pretrain-steps", type=int, default=200, help="softmax steps of --start trained")
+    parser.add_argument("--pth", help="start from these torchvision weights (overrides --start)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="change the stages' config (e.g. lr_max=0.03): to find what parts two runs")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--markdown", help="write the table here (e.g. bench/parity_results.md)")
     parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "metric_learn_parity_data"))
@@ -533,6 +589,9 @@ def main(argv=None):
     args = parse_args(argv)
     if args.worker:
         return worker(*args.worker)
+    from src.runtime.config import parse_overrides
+
+    args.overrides = parse_overrides(args.set)
     from src.runtime.log import setup_logging
 
     setup_logging()
@@ -545,6 +604,8 @@ def main(argv=None):
         if args.write_fixture:
             return write_fixture(args.write_fixture, work, data, images)
         state = start_weights(args.pth, images.num_classes)
+        if not args.pth and args.start == "trained":
+            state = trained_start(state, data, images, args, work)
         np.savez(os.path.join(work, "state.npz"), **state)
         pth, ckpt = args.pth or os.path.join(work, "start.pth"), os.path.join(work, "start.ckpt")
         if not args.pth:
@@ -569,7 +630,11 @@ def main(argv=None):
                 f"convolutions against PyTorch: {floor['max_rel_loss_diff']:.2e}, {floor['max_rel_param_diff']:.2e}, "
                 f"first parting {floor['first_parting']}; {timing}")
             shutil.rmtree(out)
-        header = (f"{runtime_env.cpu_class()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}; "
+        start = (f"--pth {os.path.basename(args.pth)}" if args.pth else "random weights" if args.start == "random"
+                 else f"random weights + {args.pretrain_steps} PyTorch softmax steps")
+        if args.set:
+            start += "; config changed: " + " ".join(args.set)
+        header = (f"{runtime_env.cpu_class()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}; start: {start}; "
                   f"{args.steps} steps at {args.image_size} px, float32, CPU; " + "; ".join(versions()[:3]))
         table = markdown(results, header)
         log(table)
