@@ -582,16 +582,26 @@ def parse_args(argv=None):
     parser.add_argument("--work-dir", help="scratch folder (default: a temporary one, removed at the end)")
     parser.add_argument("--write-fixture", metavar="NPZ", help="write the suite's fixture (2 steps, 32 px, batch 12)")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return args
+    if args.pretrain_steps < 1:
+        parser.error(f"--pretrain-steps must be at least 1, got {args.pretrain_steps}")
+    from src.runtime.config import ConfigError, parse_overrides
+
+    try:  # a bad --set fails here, not after the start's training
+        args.overrides = parse_overrides(args.set)
+        for stage in args.stages:
+            stage_config(stage, args.image_size, args.batch, 1, args.steps, **args.overrides)
+    except ConfigError as err:
+        parser.error(f"--set: {err}")
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.worker:
         return worker(*args.worker)
-    from src.runtime.config import parse_overrides
-
-    args.overrides = parse_overrides(args.set)
     from src.runtime.log import setup_logging
 
     setup_logging()
