@@ -242,8 +242,9 @@ def torch_loss(torch, stage, cfg, proxies):
     raise ValueError(stage)
 
 
-def train_torch(stage, cfg, state, batches, lr, proxies=None, on_step=None, native_conv=False):
-    """PyTorch's steps from `state` (torchvision names) on `batches`; on_step(step, loss, {our name: array}).
+def train_torch(stage, cfg, state, batches, lr, proxies=None, on_step=None, native_conv=False, snapshots=True):
+    """PyTorch's steps from `state` (torchvision names) on `batches`; on_step(step, loss, {our name: array}), the
+    state None with snapshots=False (trained_start's 200 steps keep their losses only).
     native_conv: convolutions by PyTorch's own kernels instead of oneDNN's (the same steps, rounded otherwise).
     Returns ({our name: array} at the start, {torchvision name: array} at the end)."""
     import torch
@@ -286,7 +287,7 @@ def train_torch(stage, cfg, state, batches, lr, proxies=None, on_step=None, nati
         loss.backward()
         optimizer.step()
         if on_step:
-            on_step(step + 1, float(loss.detach()), snapshot())
+            on_step(step + 1, float(loss.detach()), snapshot() if snapshots else None)
     return start, {name: value.detach().numpy().copy() for name, value in model.state_dict().items()}
 
 
@@ -346,7 +347,7 @@ def worker(side, job_path):
 
     def on_step(step, loss, state):
         losses.append(loss)
-        if "final" not in job:
+        if state is not None:
             np.savez(os.path.join(job["out"], f"{side}_step{step:03d}.npz"), **state)
 
     if side == "ms":
@@ -357,7 +358,7 @@ def worker(side, job_path):
     else:
         state = dict(np.load(job["state"]))
         start, final = train_torch(job["stage"], cfg, state, batches, inputs["lr"], proxies, on_step,
-                                   native_conv=side == "torch_native")
+                                   native_conv=side == "torch_native", snapshots="final" not in job)
         if "final" in job:
             np.savez(job["final"], **final)
     np.savez(os.path.join(job["out"], f"{side}_step000.npz"), **start)
