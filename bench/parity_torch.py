@@ -40,11 +40,17 @@ what nn.Momentum does. Where the two conventions differ:
   - Learning rate per step: ours indexes its lr array by the global step; torch's param groups are set to the
     same value before each step (proxies: times proxy_lr_multiplier).
 
+Two floors run beside ours, each compared with PyTorch as ours is: PyTorch with its native convolution kernels
+instead of oneDNN's (torch_native: the same steps, rounded otherwise), and PyTorch from the start with every
+float moved by one float32 ulp (torch_ulp: how far rounding alone carries the stage's trajectory; where it parts
+beyond the targets, no float32 implementation can be expected to stay within them).
+
 Printed per stage: the loss of every step on both sides, the largest relative difference of the losses, of
 every parameter and BatchNorm moving statistic after every step (max |ours - torch| / max |torch| per tensor)
 and of their change from the start (the same measure on w_t - w_0, which is what training did), and the first
 step at which the losses part by more than 1e-4 or a tensor by more than 1e-3, with the tensor. --json writes
-{"stages": {name: {"max_rel_loss_diff", "max_rel_param_diff", "max_rel_update_diff", "steps", ...}}}.
+{"stages": {name: {"max_rel_loss_diff", "max_rel_param_diff", "max_rel_update_diff", "steps", ...,
+"torch_native": {...}, "torch_ulp": {...}}}} (the floors' same keys).
 """
 import os
 import sys
@@ -71,6 +77,9 @@ PK_STAGES = ("quadruplet", "multisimilarity")
 # ours, the reference, and the reference with its convolutions computed by other kernels: how far two correct
 # float32 runs of the same steps drift apart (ReLU's kink turns rounding into a different gradient).
 SIDES = ("ms", "torch", "torch_native")
+# The bench adds PyTorch itself from a start one float32 ulp away: how far rounding alone carries a stage's
+# trajectory, whatever the kernels (the fixture keeps SIDES).
+FLOORS = ("torch_native", "torch_ulp")
 LOSS_TOL, PARAM_TOL = 1e-4, 1e-3
 DATA = {"grid": 4, "test_regions": 3, "views": 10, "rotation": 180.0, "flip": True}
 # The suite's fixture: 2 steps at 32 px, batch 12, and a weight decay large enough (0.01) that a parameter decayed
@@ -357,12 +366,27 @@ def worker(side, job_path):
         start = train_ours(job["stage"], cfg, job["ckpt"], batches, proxies, on_step)
     else:
         state = dict(np.load(job["state"]))
+        if side == "torch_ulp":
+            state = one_ulp_away(state)
         start, final = train_torch(job["stage"], cfg, state, batches, inputs["lr"], proxies, on_step,
                                    native_conv=side == "torch_native", snapshots="final" not in job)
         if "final" in job:
             np.savez(job["final"], **final)
     np.savez(os.path.join(job["out"], f"{side}_step000.npz"), **start)
     np.save(os.path.join(job["out"], f"{side}_losses.npy"), np.array(losses))
+
+
+def one_ulp_away(state, seed=0):
+    """`state` with every float element moved by one float32 ulp, up or down at random (seeded): a start that
+    float32 cannot tell from `state` more closely, for the floor side torch_ulp."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, value in state.items():
+        value = np.asarray(value)
+        if value.dtype == np.float32:
+            value = np.nextafter(value, np.where(rng.random(value.shape) < 0.5, -np.inf, np.inf).astype(np.float32))
+        out[name] = value
+    return out
 
 
 def run_worker(side, job_path):
@@ -477,18 +501,21 @@ def markdown(results, header):
     def parted(r):
         return f"{r['first_parting']['step']} ({r['first_parting']['what']})" if r["first_parting"] else "none"
 
+    def cells(r, key):
+        return " / ".join(f"{run[key]:.1e}" for run in [r] + [r[side] for side in FLOORS if side in r])
+
     lines = [header, "",
-             "Each cell: ours against PyTorch / PyTorch with its native convolutions against PyTorch (oneDNN's).", "",
+             "Each cell: ours against PyTorch / PyTorch with its native convolutions against PyTorch (oneDNN's) / "
+             "PyTorch from the start moved by one float32 ulp against PyTorch.", "",
              "| stage | steps | batch | step 1: rel loss diff | step 1: max rel param diff | all steps: max rel loss "
              "diff | all steps: max rel param diff (ours' worst tensor) | first step beyond 1e-4 / 1e-3 |",
              "|---|---|---|---|---|---|---|---|"]
     for stage, r in results.items():
-        f = r["torch_native"]
-        lines.append(f"| {stage} | {r['steps']} | {r['batch_size']} | {r['step1_rel_loss_diff']:.1e} / "
-                     f"{f['step1_rel_loss_diff']:.1e} | {r['step1_rel_param_diff']:.1e} / "
-                     f"{f['step1_rel_param_diff']:.1e} | {r['max_rel_loss_diff']:.1e} / {f['max_rel_loss_diff']:.1e} | "
-                     f"{r['max_rel_param_diff']:.1e} / {f['max_rel_param_diff']:.1e} "
-                     f"({r['max_rel_param_diff_tensor']}) | {parted(r)} / {parted(f)} |")
+        floors = [r[side] for side in FLOORS if side in r]
+        lines.append(f"| {stage} | {r['steps']} | {r['batch_size']} | {cells(r, 'step1_rel_loss_diff')} | "
+                     f"{cells(r, 'step1_rel_param_diff')} | {cells(r, 'max_rel_loss_diff')} | "
+                     f"{cells(r, 'max_rel_param_diff')} ({r['max_rel_param_diff_tensor']}) | "
+                     f"{' / '.join(parted(run) for run in [r] + floors)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -627,11 +654,12 @@ def main(argv=None):
                        env=dict(os.environ, PYTHONPATH=ROOT, GLOG_v="3"), capture_output=True)
         results = {}
         for stage in args.stages:
-            cfg, _, out, timing = run_stage(stage, args, data, images, state, ckpt, work)
-            compared = compare_stage(stage, cfg, out, timing)
+            cfg, _, out, timing = run_stage(stage, args, data, images, state, ckpt, work, SIDES + FLOORS[1:])
+            compared = compare_stage(stage, cfg, out, timing, ("ms",) + FLOORS)
             results[stage] = r = compared["ms"]
-            floor = compared["torch_native"]
-            r["torch_native"] = {k: v for k, v in floor.items() if k != "per_step"}
+            for side in FLOORS:
+                r[side] = {k: v for k, v in compared[side].items() if k != "per_step"}
+            floor, ulp = r["torch_native"], r["torch_ulp"]
             for row in r["per_step"]:
                 log(f"{stage} step {row['step']:2d}: loss ours {row['loss_ours']:.7g} torch {row['loss_torch']:.7g} "
                     f"(rel {row['rel_loss_diff']:.1e}); params {row['rel_param_diff']:.1e} ({row['param']}); "
@@ -639,7 +667,9 @@ def main(argv=None):
             log(f"{stage}: max rel loss diff {r['max_rel_loss_diff']:.2e}, max rel param diff "
                 f"{r['max_rel_param_diff']:.2e}, first parting {r['first_parting']}; PyTorch with its native "
                 f"convolutions against PyTorch: {floor['max_rel_loss_diff']:.2e}, {floor['max_rel_param_diff']:.2e}, "
-                f"first parting {floor['first_parting']}; {timing}")
+                f"first parting {floor['first_parting']}; PyTorch from a start one ulp away: "
+                f"{ulp['max_rel_loss_diff']:.2e}, {ulp['max_rel_param_diff']:.2e}, first parting "
+                f"{ulp['first_parting']}; {timing}")
             shutil.rmtree(out)
         start = (f"--pth {os.path.basename(args.pth)}" if args.pth else "random weights" if args.start == "random"
                  else f"random weights + {args.pretrain_steps} PyTorch softmax steps")

@@ -158,3 +158,20 @@ def test_the_check_catches_the_batchnorm_momentum_convention_flipped(start, monk
     losses, digests = train_ours("triplet", start)
     found = problems("triplet", losses, digests)
     assert any("moving statistics" in line for line in found), found
+
+
+def test_one_ulp_away_moves_every_float_by_exactly_one_ulp():
+    """The bench's floor side torch_ulp starts from this: every float32 element one representable value up or down
+    (both directions drawn), integers untouched."""
+    rng = np.random.default_rng(3)
+    state = {"w": (rng.standard_normal((64, 32)) * 10.0 ** rng.integers(-8, 3, (64, 32))).astype(np.float32),
+             "zero": np.zeros(40, np.float32), "num_batches_tracked": np.array(7, np.int64)}
+    moved = parity_torch.one_ulp_away(state)
+    for name in ("w", "zero"):
+        step = np.abs(moved[name].astype(np.float64) - state[name].astype(np.float64))
+        # np.spacing(x) is the gap above |x|; at a power of two the gap below is half of it.
+        up = np.spacing(np.abs(state[name])).astype(np.float64)
+        assert np.all((step == up) | (step == up / 2)), name
+        assert moved[name].dtype == np.float32
+        assert 0 < np.mean(moved[name] > state[name]) < 1, name
+    assert moved["num_batches_tracked"] == 7 and moved["num_batches_tracked"].dtype == np.int64
