@@ -1,7 +1,7 @@
 """Training parity with PyTorch: from the same start, on the same batches, does our training take PyTorch's steps?
 
     python bench/parity_torch.py [--steps 20] [--image-size 64] [--batch 60] [--stages softmax triplet ...]
-                                 [--start trained|random] [--pretrain-steps 200] [--pth resnet50.pth]
+                                 [--start trained|random] [--pretrain-steps 200] [--pth resnet50.pth] [--new-fc]
                                  [--set KEY=VALUE ...] [--json OUT] [--markdown bench/parity_results.md]
     python bench/parity_torch.py --write-fixture tests/fixtures/parity_reference.npz   (2 steps, 32 px, batch 12)
 
@@ -11,7 +11,8 @@ Start: torchvision's ResNet-50 layout with seeded random weights (tests/models/t
 random_state_dict, He-normal convolutions, BatchNorm statistics of order one, an fc layer over the training
 classes), by default then trained by PyTorch for --pretrain-steps softmax steps on the demo photos (--start
 trained: a stand-in for the ImageNet weights every stage of the seed starts from, which cannot be downloaded
-here; cached beside the photos), or a given .pth; written as a .pth and converted with
+here; cached beside the photos), or a given .pth; with --new-fc its fc layer drawn anew (the seed's softmax
+stage puts a new classifier on its ImageNet backbone); written as a .pth and converted with
 `python -m src.convert_weights --with_fc` (the user's path; the checkpoint records backbone_padding: symmetric,
 i.e. torchvision's padding and BatchNorm eps). From the random weights themselves (--start random) the steps are
 ill-conditioned: two correct float32 runs part after one or two steps (bench/parity_results.md has both).
@@ -153,6 +154,16 @@ def start_weights(pth, classes, seed=0):
     from tests.models.torchvision_reference import random_state_dict
 
     return random_state_dict(seed, classes=classes)
+
+
+def with_new_fc(state, seed=0):
+    """`state` with its fc layer drawn anew as torch.nn.Linear draws one (uniform within 1 / sqrt(fan_in)), seeded:
+    the seed's softmax stage starts so, an ImageNet backbone under a new classifier for its classes."""
+    rng = np.random.default_rng(seed)
+    classes, features = state["fc.weight"].shape
+    bound = 1.0 / np.sqrt(features)
+    return dict(state, **{"fc.weight": rng.uniform(-bound, bound, (classes, features)).astype(np.float32),
+                          "fc.bias": rng.uniform(-bound, bound, classes).astype(np.float32)})
 
 
 def convert_in_process(state, ckpt):
@@ -602,6 +613,8 @@ def parse_args(argv=None):
                              "random weights themselves (ill-conditioned: two correct runs part within steps)")
     parser.add_argument("--pretrain-steps", type=int, default=200, help="softmax steps of --start trained")
     parser.add_argument("--pth", help="start from these torchvision weights (overrides --start)")
+    parser.add_argument("--new-fc", action="store_true",
+                        help="draw the start's fc layer anew (seeded), as the seed's softmax stage starts")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="change the stages' config (e.g. lr_max=0.03): to find what parts two runs")
     parser.add_argument("--json", help="write the results here")
@@ -644,9 +657,12 @@ def main(argv=None):
         state = start_weights(args.pth, images.num_classes)
         if not args.pth and args.start == "trained":
             state = trained_start(state, data, images, args, work)
+        if args.new_fc:
+            state = with_new_fc(state)
         np.savez(os.path.join(work, "state.npz"), **state)
-        pth, ckpt = args.pth or os.path.join(work, "start.pth"), os.path.join(work, "start.ckpt")
-        if not args.pth:
+        ckpt = os.path.join(work, "start.ckpt")
+        pth = args.pth if args.pth and not args.new_fc else os.path.join(work, "start.pth")
+        if pth != args.pth:
             from tests.models.torchvision_reference import write_pth
 
             write_pth(pth, state)
@@ -673,6 +689,8 @@ def main(argv=None):
             shutil.rmtree(out)
         start = (f"--pth {os.path.basename(args.pth)}" if args.pth else "random weights" if args.start == "random"
                  else f"random weights + {args.pretrain_steps} PyTorch softmax steps")
+        if args.new_fc:
+            start += ", the fc layer drawn anew"
         if args.set:
             start += "; config changed: " + " ".join(args.set)
         header = (f"{runtime_env.cpu_class()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}; start: {start}; "

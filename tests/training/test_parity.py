@@ -175,3 +175,20 @@ def test_one_ulp_away_moves_every_float_by_exactly_one_ulp():
         assert moved[name].dtype == np.float32
         assert 0 < np.mean(moved[name] > state[name]) < 1, name
     assert moved["num_batches_tracked"] == 7 and moved["num_batches_tracked"].dtype == np.int64
+
+
+def test_with_new_fc_draws_the_classifier_alone_anew():
+    """--new-fc: torch.nn.Linear's initialisation (uniform within 1 / sqrt(fan_in)) for fc, seeded; the rest kept."""
+    state = random_state_dict(0, classes=7)
+    new = parity_torch.with_new_fc(state)
+    bound = 1 / np.sqrt(state["fc.weight"].shape[1])
+    assert set(new) == set(state)
+    for name in state:
+        if name.startswith("fc."):
+            assert new[name].shape == state[name].shape and new[name].dtype == np.float32
+            assert not np.array_equal(new[name], state[name])
+            assert np.abs(new[name]).max() <= bound
+        else:
+            assert new[name] is state[name], name
+    assert np.abs(new["fc.weight"]).max() > 0.99 * bound  # 14,336 uniform draws reach the bound's last percent
+    assert np.array_equal(parity_torch.with_new_fc(state)["fc.weight"], new["fc.weight"])
