@@ -400,6 +400,22 @@ def one_ulp_away(state, seed=0):
     return out
 
 
+def run_job(out, stage, cfg, inputs, state_path, sides, **extra):
+    """Write a job to `out` (its inputs, and job.json naming them, the start's weights and any `extra` key) and run
+    it on each of `sides` in turn; {side: seconds}."""
+    np.savez(os.path.join(out, "inputs.npz"), **inputs)
+    job = {"stage": stage, "cfg": dict(cfg), "inputs": os.path.join(out, "inputs.npz"), "state": state_path,
+           "out": out, **extra}
+    with open(os.path.join(out, "job.json"), "w") as f:
+        json.dump(job, f)
+    timing = {}
+    for side in sides:
+        t0 = time.perf_counter()
+        run_worker(side, os.path.join(out, "job.json"))
+        timing[side] = time.perf_counter() - t0
+    return timing
+
+
 def run_worker(side, job_path):
     env = dict(os.environ, PYTHONPATH=ROOT, GLOG_v="3", PYTHONUNBUFFERED="1")
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", side, job_path], env=env,
@@ -432,22 +448,16 @@ def trained_start(state, data, images, args, work):
     inputs = {"lr": get_lr(PRETRAIN["lr"], 0.0, PRETRAIN["lr"], 0, 1, steps, "cosine")}
     for i, (x, y) in enumerate(pipeline_batches(data, images, cfg, "softmax")):
         inputs[f"x{i}"], inputs[f"y{i}"] = to_uint8(x), y
-    np.savez(os.path.join(out, "inputs.npz"), **inputs)
     np.savez(os.path.join(out, "state.npz"), **state)
     partial = path[:-len(".npz")] + ".partial.npz"
-    job = {"stage": "softmax", "cfg": dict(cfg), "inputs": os.path.join(out, "inputs.npz"),
-           "state": os.path.join(out, "state.npz"), "out": out, "final": partial}
-    with open(os.path.join(out, "job.json"), "w") as f:
-        json.dump(job, f)
     log(f"start: training the random weights for {steps} PyTorch softmax steps (batch {cfg.batch_size}, "
         f"{args.image_size} px), about a second each")
-    t0 = time.perf_counter()
-    run_worker("torch", os.path.join(out, "job.json"))
+    timing = run_job(out, "softmax", cfg, inputs, os.path.join(out, "state.npz"), ["torch"], final=partial)
     losses = np.load(os.path.join(out, "torch_losses.npy"))
     os.replace(partial, path)
     shutil.rmtree(out)
     log(f"start: loss {losses[:10].mean():.3f} over the first 10 steps, {losses[-10:].mean():.3f} over the last "
-        f"10 ({time.perf_counter() - t0:.0f} s); cached as {path}")
+        f"10 ({timing['torch']:.0f} s); cached as {path}")
     return dict(np.load(path))
 
 
@@ -464,16 +474,7 @@ def run_stage(stage, args, data, images, state, ckpt, work, sides=SIDES):
     inputs["lr"] = lr
     if stage == "proxyanchor":
         inputs["proxies"] = initial_proxies(cfg)
-    np.savez(os.path.join(out, "inputs.npz"), **inputs)
-    job = {"stage": stage, "cfg": dict(cfg), "inputs": os.path.join(out, "inputs.npz"), "ckpt": ckpt,
-           "state": os.path.join(work, "state.npz"), "out": out}
-    with open(os.path.join(out, "job.json"), "w") as f:
-        json.dump(job, f)
-    timing = {}
-    for side in sides:
-        t0 = time.perf_counter()
-        run_worker(side, os.path.join(out, "job.json"))
-        timing[side] = time.perf_counter() - t0
+    timing = run_job(out, stage, cfg, inputs, os.path.join(work, "state.npz"), sides, ckpt=ckpt)
     return cfg, inputs, out, timing
 
 
@@ -513,7 +514,7 @@ def markdown(results, header):
         return f"{r['first_parting']['step']} ({r['first_parting']['what']})" if r["first_parting"] else "none"
 
     def cells(r, key):
-        return " / ".join(f"{run[key]:.1e}" for run in [r] + [r[side] for side in FLOORS if side in r])
+        return " / ".join(f"{run[key]:.1e}" for run in [r] + [r[side] for side in FLOORS])
 
     lines = [header, "",
              "Each cell: ours against PyTorch / PyTorch with its native convolutions against PyTorch (oneDNN's) / "
@@ -522,7 +523,7 @@ def markdown(results, header):
              "diff | all steps: max rel param diff (ours' worst tensor) | first step beyond 1e-4 / 1e-3 |",
              "|---|---|---|---|---|---|---|---|"]
     for stage, r in results.items():
-        floors = [r[side] for side in FLOORS if side in r]
+        floors = [r[side] for side in FLOORS]
         lines.append(f"| {stage} | {r['steps']} | {r['batch_size']} | {cells(r, 'step1_rel_loss_diff')} | "
                      f"{cells(r, 'step1_rel_param_diff')} | {cells(r, 'max_rel_loss_diff')} | "
                      f"{cells(r, 'max_rel_param_diff')} ({r['max_rel_param_diff_tensor']}) | "
