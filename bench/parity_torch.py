@@ -1,7 +1,7 @@
 """Training parity with PyTorch: from the same start, on the same batches, does our training take PyTorch's steps?
 
     python bench/parity_torch.py [--steps 20] [--image-size 64] [--batch 60] [--stages softmax triplet ...]
-                                 [--start trained|random] [--pretrain-steps 200] [--pth resnet50.pth] [--new-fc]
+                                 [--start trained|random|calm] [--pretrain-steps 200] [--pth resnet50.pth] [--new-fc]
                                  [--set KEY=VALUE ...] [--json OUT] [--markdown bench/parity_results.md]
     python bench/parity_torch.py --write-fixture tests/fixtures/parity_reference.npz   (2 steps, 32 px, batch 12)
 
@@ -15,7 +15,9 @@ here; cached beside the photos), or a given .pth; with --new-fc its fc layer dra
 stage puts a new classifier on its ImageNet backbone); written as a .pth and converted with
 `python -m src.convert_weights --with_fc` (the user's path; the checkpoint records backbone_padding: symmetric,
 i.e. torchvision's padding and BatchNorm eps). From the random weights themselves (--start random) the steps are
-ill-conditioned: two correct float32 runs part after one or two steps (bench/parity_results.md has both).
+ill-conditioned: two correct float32 runs part after one or two steps (bench/parity_results.md has both). With
+--start calm, the random weights with each residual branch's last BatchNorm scale a tenth as large
+(calm_residuals), the first steps are well conditioned: the suite's fixture starts there (--write-fixture).
 Batches: taken once from our data pipeline (create_dataset with the stage's sampler and augmentation, seed 1) on
 the demo photos, saved, and fed to both sides in the same order. Hyper-parameters: the stage's CPU config
 (momentum, weight decay, the per-step learning rates of get_lr over one epoch of `--steps` steps, label
@@ -77,15 +79,17 @@ STAGES = ("softmax", "triplet", "quadruplet", "multisimilarity", "proxyanchor")
 PK_STAGES = ("quadruplet", "multisimilarity")
 # ours, the reference, and the reference with its convolutions computed by other kernels: how far two correct
 # float32 runs of the same steps drift apart (ReLU's kink turns rounding into a different gradient).
-SIDES = ("ms", "torch", "torch_native")
-# The bench adds PyTorch itself from a start one float32 ulp away: how far rounding alone carries a stage's
-# trajectory, whatever the kernels (the fixture keeps SIDES).
+# And PyTorch itself from a start one float32 ulp away: how far rounding alone carries a stage's trajectory,
+# whatever the kernels. The two floors are compared with PyTorch as ours is.
 FLOORS = ("torch_native", "torch_ulp")
+SIDES = ("ms", "torch") + FLOORS
 LOSS_TOL, PARAM_TOL = 1e-4, 1e-3
 DATA = {"grid": 4, "test_regions": 3, "views": 10, "rotation": 180.0, "flip": True}
 # The suite's fixture: 2 steps at 32 px, batch 12, and a weight decay large enough (0.01) that a parameter decayed
 # on one side only changes its update by far more than rounding does (at the stages' 1e-4 it is 0.1% of one).
+# Its start: the seeded random weights with calm residual branches (calm_residuals, CALM_SCALE).
 FIXTURE = {"steps": 2, "image_size": 32, "batch": 12, "weight_decay": 0.01}
+CALM_SCALE = 0.1
 # --start trained: the random weights after PyTorch softmax steps at a cosine lr from PRETRAIN["lr"], on batches
 # drawn with another seed than the stages' (which use the config's, 1).
 PRETRAIN = {"lr": 0.1, "seed": 2}
@@ -145,15 +149,27 @@ def pipeline_batches(data, images, cfg, stage):
     return batches
 
 
-def start_weights(pth, classes, seed=0):
-    """{torchvision name: array}: a given .pth (read without torch) or random_state_dict(seed, classes)."""
+def start_weights(pth, classes, seed=0, calm=False):
+    """{torchvision name: array}: a given .pth (read without torch) or random_state_dict(seed, classes), with
+    calm=True its residual branches calmed (calm_residuals)."""
     if pth:
         from src.models.torch_weights import read_weights
 
         return {name: np.asarray(value) for name, value in read_weights(pth).items()}
     from tests.models.torchvision_reference import random_state_dict
 
-    return random_state_dict(seed, classes=classes)
+    state = random_state_dict(seed, classes=classes)
+    return calm_residuals(state) if calm else state
+
+
+def calm_residuals(state, scale=CALM_SCALE):
+    """`state` with the scale (gamma) of every bottleneck's last BatchNorm times `scale`: each residual branch
+    adds little to its shortcut at first, as torchvision's zero_init_residual (which zeroes them) starts a ResNet
+    for large learning rates. The first steps from such random weights are well conditioned: two correct float32
+    runs keep together through the fixture's 2 steps (bench/parity_results.md), where from random_state_dict's
+    own scales they part by 10-50% at step 2. Not zero: a zero scale stops every gradient to the branch."""
+    return {name: (value * np.float32(scale)).astype(np.float32) if name.endswith(".bn3.weight") else value
+            for name, value in state.items()}
 
 
 def with_new_fc(state, seed=0):
@@ -478,7 +494,7 @@ def run_stage(stage, args, data, images, state, ckpt, work, sides=SIDES):
     return cfg, inputs, out, timing
 
 
-def compare_stage(stage, cfg, out, timing, sides=("ms", "torch_native")):
+def compare_stage(stage, cfg, out, timing, sides=("ms",) + FLOORS):
     """{side: how that run of the stage compares with PyTorch's, step by step} (PyTorch's snapshots read once)."""
     torch_losses, torch0 = np.load(f"{out}/torch_losses.npy"), dict(np.load(f"{out}/torch_step000.npz"))
     runs = {side: {"losses": np.load(f"{out}/{side}_losses.npy"), "start": dict(np.load(f"{out}/{side}_step000.npz")),
@@ -563,7 +579,7 @@ def write_fixture(path, work, data, images):
     """Run the FIXTURE sizes for every stage, and keep the batches (uint8), PyTorch's losses and a digest of its
     change of every tensor after each step: what tests/training/test_parity.py needs to train ours and compare,
     without torch."""
-    state = start_weights(None, images.num_classes)
+    state = start_weights(None, images.num_classes, calm=True)
     np.savez(os.path.join(work, "state.npz"), **state)
     ckpt = os.path.join(work, "start.ckpt")
     convert_in_process(state, ckpt)
@@ -608,10 +624,12 @@ def parse_args(argv=None):
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=60, help="batch size, rounded down to the stage's layout")
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
-    parser.add_argument("--start", choices=("trained", "random"), default="trained",
+    parser.add_argument("--start", choices=("trained", "random", "calm"), default="trained",
                         help="trained: the seeded random weights after --pretrain-steps PyTorch softmax steps on the "
                              "demo photos (a trained network, as the seed's stages start from); random: those "
-                             "random weights themselves (ill-conditioned: two correct runs part within steps)")
+                             "random weights themselves (ill-conditioned: two correct runs part within steps); "
+                             "calm: those with each residual branch's last BatchNorm scale a tenth as large (the "
+                             "suite fixture's start)")
     parser.add_argument("--pretrain-steps", type=int, default=200, help="softmax steps of --start trained")
     parser.add_argument("--pth", help="start from these torchvision weights (overrides --start)")
     parser.add_argument("--new-fc", action="store_true",
@@ -655,7 +673,7 @@ def main(argv=None):
         images = build_photos(data, size)
         if args.write_fixture:
             return write_fixture(args.write_fixture, work, data, images)
-        state = start_weights(args.pth, images.num_classes)
+        state = start_weights(args.pth, images.num_classes, calm=args.start == "calm")
         if not args.pth and args.start == "trained":
             state = trained_start(state, data, images, args, work)
         if args.new_fc:
@@ -671,8 +689,8 @@ def main(argv=None):
                        env=dict(os.environ, PYTHONPATH=ROOT, GLOG_v="3"), capture_output=True)
         results = {}
         for stage in args.stages:
-            cfg, _, out, timing = run_stage(stage, args, data, images, state, ckpt, work, SIDES + FLOORS[1:])
-            compared = compare_stage(stage, cfg, out, timing, ("ms",) + FLOORS)
+            cfg, _, out, timing = run_stage(stage, args, data, images, state, ckpt, work)
+            compared = compare_stage(stage, cfg, out, timing)
             results[stage] = r = compared["ms"]
             for side in FLOORS:
                 r[side] = {k: v for k, v in compared[side].items() if k != "per_step"}
@@ -689,6 +707,7 @@ def main(argv=None):
                 f"{ulp['first_parting']}; {timing}")
             shutil.rmtree(out)
         start = (f"--pth {os.path.basename(args.pth)}" if args.pth else "random weights" if args.start == "random"
+                 else f"random weights, residual branches calmed (x{CALM_SCALE})" if args.start == "calm"
                  else f"random weights + {args.pretrain_steps} PyTorch softmax steps")
         if args.new_fc:
             start += ", the fc layer drawn anew"
