@@ -82,6 +82,7 @@ PK_STAGES = ("quadruplet", "multisimilarity")
 # And PyTorch itself from a start one float32 ulp away: how far rounding alone carries a stage's trajectory,
 # whatever the kernels. The two floors are compared with PyTorch as ours is.
 FLOORS = ("torch_native", "torch_ulp")
+FLOOR_NAMES = {"torch_native": "PyTorch with its native convolutions", "torch_ulp": "PyTorch from a start one ulp away"}
 SIDES = ("ms", "torch") + FLOORS
 LOSS_TOL, PARAM_TOL = 1e-4, 1e-3
 DATA = {"grid": 4, "test_regions": 3, "views": 10, "rotation": 180.0, "flip": True}
@@ -168,7 +169,7 @@ def calm_residuals(state, scale=CALM_SCALE):
     for large learning rates. The first steps from such random weights are well conditioned: two correct float32
     runs keep together through the fixture's 2 steps (bench/parity_results.md), where from random_state_dict's
     own scales they part by 10-50% at step 2. Not zero: a zero scale stops every gradient to the branch."""
-    return {name: (value * np.float32(scale)).astype(np.float32) if name.endswith(".bn3.weight") else value
+    return {name: value * np.float32(scale) if name.endswith(".bn3.weight") else value
             for name, value in state.items()}
 
 
@@ -525,6 +526,12 @@ def compare_stage(stage, cfg, out, timing, sides=("ms",) + FLOORS):
     return results
 
 
+def summary(run):
+    """One line of a side's comparison with PyTorch, for the log."""
+    return (f"max rel loss diff {run['max_rel_loss_diff']:.2e}, max rel param diff {run['max_rel_param_diff']:.2e}, "
+            f"first parting {run['first_parting']}")
+
+
 def markdown(results, header):
     def parted(r):
         return f"{r['first_parting']['step']} ({r['first_parting']['what']})" if r["first_parting"] else "none"
@@ -694,17 +701,13 @@ def main(argv=None):
             results[stage] = r = compared["ms"]
             for side in FLOORS:
                 r[side] = {k: v for k, v in compared[side].items() if k != "per_step"}
-            floor, ulp = r["torch_native"], r["torch_ulp"]
             for row in r["per_step"]:
                 log(f"{stage} step {row['step']:2d}: loss ours {row['loss_ours']:.7g} torch {row['loss_torch']:.7g} "
                     f"(rel {row['rel_loss_diff']:.1e}); params {row['rel_param_diff']:.1e} ({row['param']}); "
                     f"update {row['rel_update_diff']:.1e} ({row['update']})")
-            log(f"{stage}: max rel loss diff {r['max_rel_loss_diff']:.2e}, max rel param diff "
-                f"{r['max_rel_param_diff']:.2e}, first parting {r['first_parting']}; PyTorch with its native "
-                f"convolutions against PyTorch: {floor['max_rel_loss_diff']:.2e}, {floor['max_rel_param_diff']:.2e}, "
-                f"first parting {floor['first_parting']}; PyTorch from a start one ulp away: "
-                f"{ulp['max_rel_loss_diff']:.2e}, {ulp['max_rel_param_diff']:.2e}, first parting "
-                f"{ulp['first_parting']}; {timing}")
+            log(f"{stage}: ours against PyTorch: {summary(r)}; "
+                + "; ".join(f"{FLOOR_NAMES[side]} against PyTorch: {summary(r[side])}" for side in FLOORS)
+                + f"; {timing}")
             shutil.rmtree(out)
         start = (f"--pth {os.path.basename(args.pth)}" if args.pth else "random weights" if args.start == "random"
                  else f"random weights, residual branches calmed (x{CALM_SCALE})" if args.start == "calm"

@@ -104,17 +104,19 @@ def problems(stage, losses, digests, reference="torch"):
             found.append(f"{at} loss {losses[step]:.7g} vs {theirs[step]:.7g} (rel {loss_diff:.1e})")
         by_group = {}
         for i, name in enumerate(names):
-            rel = digest_rel(ours[step, i], ref[step, i])
-            by_group.setdefault(group(name), []).append(rel)
+            kind, rel = group(name), digest_rel(ours[step, i], ref[step, i])
+            by_group.setdefault(kind, []).append(rel)
             if rel > TENSOR_TOL:
-                found.append(f"{at} {group(name)}: {name} changed otherwise (rel {rel:.1e})")
-            if step == 0 and group(name) == "moving statistics" and rel > STATS_TOL:
-                found.append(f"{at} moving statistics: {name} differs (rel {rel:.1e})")
-            scale = lr * (multiplier if group(name) == "proxies" else 1.0) * ref[0, i, k + 2]
+                found.append(f"{at} {kind}: {name} changed otherwise (rel {rel:.1e})")
+            if kind == "moving statistics":  # not decayed; after step 1, that forward's batch statistics
+                if step == 0 and rel > STATS_TOL:
+                    found.append(f"{at} moving statistics: {name} differs (rel {rel:.1e})")
+                continue
+            scale = lr * (multiplier if kind == "proxies" else 1.0) * ref[0, i, k + 2]
+            # a tensor that starts at zero (fc.bias) has nothing to decay yet
             decay = abs(float(ours[step, i, k + 1]) - float(ref[step, i, k + 1])) / scale if scale > 0 else 0.0
-            # a tensor that starts at zero (fc.bias) has nothing to decay yet; moving statistics are not decayed
-            if group(name) != "moving statistics" and decay > DECAY_TOL:
-                found.append(f"{at} {group(name)}: weight decay of {name} differs by {decay:.2f} of lr wd |w|")
+            if decay > DECAY_TOL:
+                found.append(f"{at} {kind}: weight decay of {name} differs by {decay:.2f} of lr wd |w|")
         for name, rels in by_group.items():
             if np.median(rels) > MEDIAN_TOL:
                 found.append(f"{at} {name}: median relative difference of the change {np.median(rels):.1e}")
