@@ -52,8 +52,8 @@ Printed per stage: the loss of every step on both sides, the largest relative di
 every parameter and BatchNorm moving statistic after every step (max |ours - torch| / max |torch| per tensor)
 and of their change from the start (the same measure on w_t - w_0, which is what training did), and the first
 step at which the losses part by more than 1e-4 or a tensor by more than 1e-3, with the tensor. --json writes
-{"stages": {name: {"max_rel_loss_diff", "max_rel_param_diff", "max_rel_update_diff", "steps", ...,
-"torch_native": {...}, "torch_ulp": {...}}}} (the floors' same keys).
+{"stages": {name: {"max_rel_loss_diff", "max_rel_param_diff", "max_rel_update_diff", "steps", "per_step" (a row
+per step), ..., "torch_native": {...}, "torch_ulp": {...}}}} (the floors' same keys, their own rows).
 """
 import os
 import sys
@@ -699,8 +699,8 @@ def main(argv=None):
             cfg, _, out, timing = run_stage(stage, args, data, images, state, ckpt, work)
             compared = compare_stage(stage, cfg, out, timing)
             results[stage] = r = compared["ms"]
-            for side in FLOORS:
-                r[side] = {k: v for k, v in compared[side].items() if k != "per_step"}
+            for side in FLOORS:  # each floor with its own per-step rows, as ours
+                r[side] = compared[side]
             for row in r["per_step"]:
                 log(f"{stage} step {row['step']:2d}: loss ours {row['loss_ours']:.7g} torch {row['loss_torch']:.7g} "
                     f"(rel {row['rel_loss_diff']:.1e}); params {row['rel_param_diff']:.1e} ({row['param']}); "
