@@ -536,8 +536,8 @@ def markdown(results, header):
     def parted(r):
         return f"{r['first_parting']['step']} ({r['first_parting']['what']})" if r["first_parting"] else "none"
 
-    def cells(r, key):
-        return " / ".join(f"{run[key]:.1e}" for run in [r] + [r[side] for side in FLOORS])
+    def cells(runs, key):
+        return " / ".join(f"{run[key]:.1e}" for run in runs)
 
     lines = [header, "",
              "Each cell: ours against PyTorch / PyTorch with its native convolutions against PyTorch (oneDNN's) / "
@@ -546,11 +546,11 @@ def markdown(results, header):
              "diff | all steps: max rel param diff (ours' worst tensor) | first step beyond 1e-4 / 1e-3 |",
              "|---|---|---|---|---|---|---|---|"]
     for stage, r in results.items():
-        floors = [r[side] for side in FLOORS]
-        lines.append(f"| {stage} | {r['steps']} | {r['batch_size']} | {cells(r, 'step1_rel_loss_diff')} | "
-                     f"{cells(r, 'step1_rel_param_diff')} | {cells(r, 'max_rel_loss_diff')} | "
-                     f"{cells(r, 'max_rel_param_diff')} ({r['max_rel_param_diff_tensor']}) | "
-                     f"{' / '.join(parted(run) for run in [r] + floors)} |")
+        runs = [r] + [r[side] for side in FLOORS]  # ours, then each floor
+        lines.append(f"| {stage} | {r['steps']} | {r['batch_size']} | {cells(runs, 'step1_rel_loss_diff')} | "
+                     f"{cells(runs, 'step1_rel_param_diff')} | {cells(runs, 'max_rel_loss_diff')} | "
+                     f"{cells(runs, 'max_rel_param_diff')} ({r['max_rel_param_diff_tensor']}) | "
+                     f"{' / '.join(parted(run) for run in runs)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -709,9 +709,9 @@ def main(argv=None):
                 + "; ".join(f"{FLOOR_NAMES[side]} against PyTorch: {summary(r[side])}" for side in FLOORS)
                 + f"; {timing}")
             shutil.rmtree(out)
-        start = (f"--pth {os.path.basename(args.pth)}" if args.pth else "random weights" if args.start == "random"
-                 else f"random weights, residual branches calmed (x{CALM_SCALE})" if args.start == "calm"
-                 else f"random weights + {args.pretrain_steps} PyTorch softmax steps")
+        start = f"--pth {os.path.basename(args.pth)}" if args.pth else {
+            "random": "random weights", "calm": f"random weights, residual branches calmed (x{CALM_SCALE})",
+            "trained": f"random weights + {args.pretrain_steps} PyTorch softmax steps"}[args.start]
         if args.new_fc:
             start += ", the fc layer drawn anew"
         if args.set:
