@@ -2,7 +2,7 @@
 
     python bench/parity_torch.py [--steps 20] [--image-size 64] [--batch 60] [--stages softmax triplet ...]
                                  [--start trained|random|calm] [--pretrain-steps 200] [--pth resnet50.pth] [--new-fc]
-                                 [--set KEY=VALUE ...] [--json OUT] [--markdown bench/parity_results.md]
+                                 [--set KEY=VALUE ...] [--resync] [--json OUT] [--markdown bench/parity_results.md]
     python bench/parity_torch.py --write-fixture tests/fixtures/parity_reference.npz   (2 steps, 32 px, batch 12)
 
 PyTorch (torch==2.13.0, pytorch-metric-learning==2.9.0) is a benchmark-only dependency, as in bench_train.py.
@@ -48,6 +48,14 @@ instead of oneDNN's (torch_native: the same steps, rounded otherwise), and PyTor
 float moved by one float32 ulp (torch_ulp: how far rounding alone carries the stage's trajectory; where it parts
 beyond the targets, no float32 implementation can be expected to stay within them).
 
+--resync: each step from PyTorch's state. PyTorch runs first and keeps its state after every step (parameters,
+moving statistics, momentum buffers); ours, and PyTorch with its native convolutions (the floor), set that state
+before each of their steps (ours: the Parameters and the optimizer's moments), so each step's difference is that
+step's alone and is not carried into the next. Where the default runs part because a trajectory amplifies
+rounding (softmax at lr 0.3), this shows whether each step taken is still PyTorch's; the update compared is the
+step's own (from PyTorch's state before it). The loading is checked by its effect: with the moments loaded at
+half or none of their values the step's update differs by 0.6 or 1.2 (bench/parity_results.md).
+
 Printed per stage: the loss of every step on both sides, the largest relative difference of the losses, of
 every parameter and BatchNorm moving statistic after every step (max |ours - torch| / max |torch| per tensor)
 and of their change from the start (the same measure on w_t - w_0, which is what training did), and the first
@@ -82,8 +90,12 @@ PK_STAGES = ("quadruplet", "multisimilarity")
 # And PyTorch itself from a start one float32 ulp away: how far rounding alone carries a stage's trajectory,
 # whatever the kernels. The two floors are compared with PyTorch as ours is.
 FLOORS = ("torch_native", "torch_ulp")
-FLOOR_NAMES = {"torch_native": "PyTorch with its native convolutions", "torch_ulp": "PyTorch from a start one ulp away"}
+FLOOR_NAMES = {"torch_native": "PyTorch with its native convolutions", "torch_ulp": "PyTorch from a start one ulp away",
+               "torch_native_resync": "PyTorch with its native convolutions"}
 SIDES = ("ms", "torch") + FLOORS
+# --resync: ours, and PyTorch with its native convolutions (the floor), take every step from PyTorch's state after
+# the step before (parameters, moving statistics, momentum buffers): each step's difference alone, not carried on.
+RESYNC = ("ms_resync", "torch_native_resync")
 LOSS_TOL, PARAM_TOL = 1e-4, 1e-3
 DATA = {"grid": 4, "test_regions": 3, "views": 10, "rotation": 180.0, "flip": True}
 # The suite's fixture: 2 steps at 32 px, batch 12, and a weight decay large enough (0.01) that a parameter decayed
@@ -193,9 +205,11 @@ def convert_in_process(state, ckpt):
 # ---------------------------------------------------------------------------------------------------------
 # Ours
 
-def train_ours(stage, cfg, ckpt, batches, proxies=None, on_step=None):
-    """Train build_training's Model on `batches` from `ckpt`; on_step(step, loss, {name: array}) after each step.
-    Returns the initial {name: array} (parameters, moving statistics, the loss's own)."""
+def train_ours(stage, cfg, ckpt, batches, proxies=None, on_step=None, before_step=None):
+    """Train build_training's Model on `batches` from `ckpt`; on_step(step, loss, {name: array}) after each step;
+    before_step(step) -> {name: array} (parameters, moving statistics, "moments.<name>": the optimizer's moments)
+    set before each step (--resync: each step from PyTorch's state). Returns the initial {name: array}
+    (parameters, moving statistics, the loss's own)."""
     import mindspore as ms
     import mindspore.dataset as mds
     from mindspore.train import Callback
@@ -214,7 +228,16 @@ def train_ours(stage, cfg, ckpt, batches, proxies=None, on_step=None):
     def snapshot():
         return {p.name: p.asnumpy().copy() for cell in cells for p in cell.get_parameters()}
 
+    settable = {p.name: p for cell in cells for p in cell.get_parameters()}
+    settable.update({m.name: m for m in setup.optimizer.moments})
+
     class Steps(Callback):
+        def on_train_step_begin(self, run_context):
+            if before_step:
+                state = before_step(run_context.original_args().cur_step_num)
+                for name, value in state.items():
+                    settable[name].set_data(ms.Tensor(value))
+
         def on_train_step_end(self, run_context):
             args = run_context.original_args()
             out = args.net_outputs
@@ -279,9 +302,12 @@ def torch_loss(torch, stage, cfg, proxies):
     raise ValueError(stage)
 
 
-def train_torch(stage, cfg, state, batches, lr, proxies=None, on_step=None, native_conv=False, snapshots=True):
+def train_torch(stage, cfg, state, batches, lr, proxies=None, on_step=None, native_conv=False, snapshots=True,
+                moments=False, before_step=None):
     """PyTorch's steps from `state` (torchvision names) on `batches`; on_step(step, loss, {our name: array}), the
-    state None with snapshots=False (trained_start's 200 steps keep their losses only).
+    state None with snapshots=False (trained_start's 200 steps keep their losses only), with moments=True the
+    momentum buffers in it too ("moments.<our name>", ours' names for them). before_step(step) -> {our name: array}
+    as train_ours's, set before each step.
     native_conv: convolutions by PyTorch's own kernels instead of oneDNN's (the same steps, rounded otherwise).
     Returns ({our name: array} at the start, {torchvision name: array} at the end)."""
     import torch
@@ -305,18 +331,36 @@ def train_torch(stage, cfg, state, batches, lr, proxies=None, on_step=None, nati
     optimizer = torch.optim.SGD(groups, lr=float(lr[0]), momentum=cfg.momentum, dampening=0.0, nesterov=False)
     own_names = {"proxyanchor": "proxyanchor.proxies"}
 
+    tensors = {}  # {our name: the tensor}, the state's (state_dict's share the parameters' memory)
+    for name, value in model.state_dict().items():
+        ours = our_name(name)
+        if ours and (stage == "softmax" or not ours.startswith("fc.")):
+            tensors[ours] = value
+    own_named = {own_names[stage]: own[0]} if own else {}  # a loss's own: Proxy-Anchor's proxies alone
+    tensors.update(own_named)
+    trained = {id(p) for group in groups for p in group["params"]}
+    params = {our_name(name): p for name, p in model.named_parameters()
+              if id(p) in trained and our_name(name) in tensors} | own_named
+
     def snapshot():
-        out = {}
-        for name, value in model.state_dict().items():
-            ours = our_name(name)
-            if ours and (stage == "softmax" or not ours.startswith("fc.")):
-                out[ours] = value.detach().numpy().copy()
-        for p in own:
-            out[own_names[stage]] = p.detach().numpy().copy()
+        out = {name: value.detach().numpy().copy() for name, value in tensors.items()}
+        if moments:
+            out.update({f"moments.{name}": optimizer.state[p]["momentum_buffer"].numpy().copy()
+                        for name, p in params.items() if "momentum_buffer" in optimizer.state[p]})
         return out
+
+    def load(values):
+        with torch.no_grad():
+            for name, value in values.items():
+                if name.startswith("moments."):
+                    optimizer.state[params[name[len("moments."):]]]["momentum_buffer"] = torch.tensor(value)
+                else:
+                    tensors[name].copy_(torch.from_numpy(value))
 
     start = snapshot()
     for step, (x, y) in enumerate(batches):
+        if before_step:
+            load(before_step(step + 1))
         for group in optimizer.param_groups:
             group["lr"] = float(lr[step]) * group["scale"]
         optimizer.zero_grad()
@@ -385,19 +429,31 @@ def worker(side, job_path):
     def on_step(step, loss, state):
         losses.append(loss)
         if state is not None:
-            np.savez(os.path.join(job["out"], f"{side}_step{step:03d}.npz"), **state)
+            np.savez(os.path.join(job["out"], f"{side}_step{step:03d}.npz"),
+                     **{k: v for k, v in state.items() if not k.startswith("moments.")})
+            if side == "torch" and job.get("resync"):
+                np.savez(os.path.join(job["out"], f"torch_moments_step{step:03d}.npz"),
+                         **{k: v for k, v in state.items() if k.startswith("moments.")})
 
-    if side == "ms":
+    def torch_state(step):
+        """PyTorch's state before `step` (after the step before): what a --resync side sets."""
+        state = dict(np.load(os.path.join(job["out"], f"torch_step{step - 1:03d}.npz")))
+        moments = os.path.join(job["out"], f"torch_moments_step{step - 1:03d}.npz")
+        return state | dict(np.load(moments)) if step > 1 else state
+
+    before_step = torch_state if side in RESYNC else None
+    if side.startswith("ms"):
         from src.runtime.context import init_context
 
         init_context("CPU")
-        start = train_ours(job["stage"], cfg, job["ckpt"], batches, proxies, on_step)
+        start = train_ours(job["stage"], cfg, job["ckpt"], batches, proxies, on_step, before_step)
     else:
         state = dict(np.load(job["state"]))
         if side == "torch_ulp":
             state = one_ulp_away(state)
         start, final = train_torch(job["stage"], cfg, state, batches, inputs["lr"], proxies, on_step,
-                                   native_conv=side == "torch_native", snapshots="final" not in job)
+                                   native_conv=side.startswith("torch_native"), snapshots="final" not in job,
+                                   moments=bool(job.get("resync")), before_step=before_step)
         if "final" in job:
             np.savez(job["final"], **final)
     np.savez(os.path.join(job["out"], f"{side}_step000.npz"), **start)
@@ -491,26 +547,31 @@ def run_stage(stage, args, data, images, state, ckpt, work, sides=SIDES):
     inputs["lr"] = lr
     if stage == "proxyanchor":
         inputs["proxies"] = initial_proxies(cfg)
-    timing = run_job(out, stage, cfg, inputs, os.path.join(work, "state.npz"), sides, ckpt=ckpt)
+    resync = any(side in RESYNC for side in sides)  # PyTorch keeps its momentum too (main runs it first)
+    timing = run_job(out, stage, cfg, inputs, os.path.join(work, "state.npz"), sides, ckpt=ckpt, resync=resync)
     return cfg, inputs, out, timing
 
 
 def compare_stage(stage, cfg, out, timing, sides=("ms",) + FLOORS):
-    """{side: how that run of the stage compares with PyTorch's, step by step} (PyTorch's snapshots read once)."""
+    """{side: how that run of the stage compares with PyTorch's, step by step} (PyTorch's snapshots read once).
+    A --resync side's update is its step's from PyTorch's state before it, against PyTorch's step from there."""
     torch_losses, torch0 = np.load(f"{out}/torch_losses.npy"), dict(np.load(f"{out}/torch_step000.npz"))
     runs = {side: {"losses": np.load(f"{out}/{side}_losses.npy"), "start": dict(np.load(f"{out}/{side}_step000.npz")),
                    "rows": [], "parted": None} for side in sides}
+    before = torch0
     for step in range(1, cfg.steps + 1):
         theirs = dict(np.load(f"{out}/torch_step{step:03d}.npz"))
         for side, run in runs.items():
             ours = dict(np.load(f"{out}/{side}_step{step:03d}.npz"))
-            p, p_name, u, u_name = compare_states(ours, theirs, run["start"], torch0)
+            ours0, theirs0 = (before, before) if side in RESYNC else (run["start"], torch0)
+            p, p_name, u, u_name = compare_states(ours, theirs, ours0, theirs0)
             loss_diff = rel_loss(run["losses"][step - 1], torch_losses[step - 1])
             run["rows"].append({"step": step, "loss_ours": float(run["losses"][step - 1]),
                                 "loss_torch": float(torch_losses[step - 1]), "rel_loss_diff": loss_diff,
                                 "rel_param_diff": p, "param": p_name, "rel_update_diff": u, "update": u_name})
             if run["parted"] is None and (loss_diff > LOSS_TOL or p > PARAM_TOL):
                 run["parted"] = {"step": step, "what": "loss" if loss_diff > LOSS_TOL else p_name}
+        before = theirs
     results = {}
     for side, run in runs.items():
         rows, final = run["rows"], run["rows"][-1]
@@ -522,6 +583,8 @@ def compare_stage(stage, cfg, out, timing, sides=("ms",) + FLOORS):
             "max_rel_param_diff": max(r["rel_param_diff"] for r in rows),
             "max_rel_param_diff_tensor": max(rows, key=lambda r: r["rel_param_diff"])["param"],
             "max_rel_update_diff": final["rel_update_diff"], "max_rel_update_diff_tensor": final["update"],
+            "max_rel_step_update_diff": max(r["rel_update_diff"] for r in rows),
+            "max_rel_step_update_diff_tensor": max(rows, key=lambda r: r["rel_update_diff"])["update"],
             "first_parting": run["parted"], "seconds": timing, "per_step": rows}
     return results
 
@@ -532,25 +595,36 @@ def summary(run):
             f"first parting {run['first_parting']}")
 
 
-def markdown(results, header):
+def markdown(results, header, floors=FLOORS):
+    """The table of `results` (ours' runs, each with its `floors`' under their names): the free runs', or with
+    floors=RESYNC[1:] the --resync runs' (each step from PyTorch's state: the worst step's differences)."""
     def parted(r):
         return f"{r['first_parting']['step']} ({r['first_parting']['what']})" if r["first_parting"] else "none"
 
-    def cells(runs, key):
-        return " / ".join(f"{run[key]:.1e}" for run in runs)
-
-    lines = [header, "",
-             "Each cell: ours against PyTorch / PyTorch with its native convolutions against PyTorch (oneDNN's) / "
-             "PyTorch from the start moved by one float32 ulp against PyTorch.", "",
-             "| stage | steps | batch | step 1: rel loss diff | step 1: max rel param diff | all steps: max rel loss "
-             "diff | all steps: max rel param diff (ours' worst tensor) | first step beyond 1e-4 / 1e-3 |",
-             "|---|---|---|---|---|---|---|---|"]
+    if floors == RESYNC[1:]:
+        cells = "ours against PyTorch / PyTorch with its native convolutions against PyTorch (oneDNN's), each step " \
+                "taken from PyTorch's state after the step before (parameters, moving statistics, momentum)"
+        columns = [("worst step: rel loss diff", "max_rel_loss_diff", None),
+                   ("worst step: max rel param diff", "max_rel_param_diff", None),
+                   ("worst step: max rel diff of the step's update (ours' worst tensor)", "max_rel_step_update_diff",
+                    "max_rel_step_update_diff_tensor")]
+    else:
+        cells = "ours against PyTorch / PyTorch with its native convolutions against PyTorch (oneDNN's) / PyTorch " \
+                "from the start moved by one float32 ulp against PyTorch"
+        columns = [("step 1: rel loss diff", "step1_rel_loss_diff", None),
+                   ("step 1: max rel param diff", "step1_rel_param_diff", None),
+                   ("all steps: max rel loss diff", "max_rel_loss_diff", None),
+                   ("all steps: max rel param diff (ours' worst tensor)", "max_rel_param_diff",
+                    "max_rel_param_diff_tensor")]
+    lines = [header, "", f"Each cell: {cells}.", "",
+             "| stage | steps | batch | " + " | ".join(title for title, _, _ in columns)
+             + " | first step beyond 1e-4 / 1e-3 |", "|---" * (len(columns) + 4) + "|"]
     for stage, r in results.items():
-        runs = [r] + [r[side] for side in FLOORS]  # ours, then each floor
-        lines.append(f"| {stage} | {r['steps']} | {r['batch_size']} | {cells(runs, 'step1_rel_loss_diff')} | "
-                     f"{cells(runs, 'step1_rel_param_diff')} | {cells(runs, 'max_rel_loss_diff')} | "
-                     f"{cells(runs, 'max_rel_param_diff')} ({r['max_rel_param_diff_tensor']}) | "
-                     f"{' / '.join(parted(run) for run in runs)} |")
+        runs = [r] + [r[side] for side in floors]  # ours, then each floor
+        row = [stage, str(r["steps"]), str(r["batch_size"])]
+        row += [" / ".join(f"{run[key]:.1e}" for run in runs) + (f" ({r[tensor]})" if tensor else "")
+                for _, key, tensor in columns]
+        lines.append("| " + " | ".join(row + [" / ".join(parted(run) for run in runs)]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -643,6 +717,10 @@ def parse_args(argv=None):
                         help="draw the start's fc layer anew (seeded), as the seed's softmax stage starts")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="change the stages' config (e.g. lr_max=0.03): to find what parts two runs")
+    parser.add_argument("--resync", action="store_true",
+                        help="ours and PyTorch with its native convolutions take each step from PyTorch's state "
+                             "after the step before (parameters, moving statistics, momentum buffers): each step's "
+                             "own difference, where the default runs carry every difference on")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--markdown", help="write the table here (e.g. bench/parity_results.md)")
     parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "metric_learn_parity_data"))
@@ -694,19 +772,21 @@ def main(argv=None):
             write_pth(pth, state)
         subprocess.run([sys.executable, "-m", "src.convert_weights", pth, ckpt, "--with_fc"], cwd=ROOT, check=True,
                        env=dict(os.environ, PYTHONPATH=ROOT, GLOG_v="3"), capture_output=True)
+        # --resync: PyTorch's run first, its states (with momentum) are where the others take each step from
+        sides, ours, floors = (("torch",) + RESYNC, RESYNC[0], RESYNC[1:]) if args.resync else (SIDES, "ms", FLOORS)
         results = {}
         for stage in args.stages:
-            cfg, _, out, timing = run_stage(stage, args, data, images, state, ckpt, work)
-            compared = compare_stage(stage, cfg, out, timing)
-            results[stage] = r = compared["ms"]
-            for side in FLOORS:  # each floor with its own per-step rows, as ours
+            cfg, _, out, timing = run_stage(stage, args, data, images, state, ckpt, work, sides)
+            compared = compare_stage(stage, cfg, out, timing, (ours,) + floors)
+            results[stage] = r = compared[ours]
+            for side in floors:  # each floor with its own per-step rows, as ours
                 r[side] = compared[side]
             for row in r["per_step"]:
                 log(f"{stage} step {row['step']:2d}: loss ours {row['loss_ours']:.7g} torch {row['loss_torch']:.7g} "
                     f"(rel {row['rel_loss_diff']:.1e}); params {row['rel_param_diff']:.1e} ({row['param']}); "
                     f"update {row['rel_update_diff']:.1e} ({row['update']})")
             log(f"{stage}: ours against PyTorch: {summary(r)}; "
-                + "; ".join(f"{FLOOR_NAMES[side]} against PyTorch: {summary(r[side])}" for side in FLOORS)
+                + "; ".join(f"{FLOOR_NAMES[side]} against PyTorch: {summary(r[side])}" for side in floors)
                 + f"; {timing}")
             shutil.rmtree(out)
         start = f"--pth {os.path.basename(args.pth)}" if args.pth else {
@@ -716,9 +796,11 @@ def main(argv=None):
             start += ", the fc layer drawn anew"
         if args.set:
             start += "; config changed: " + " ".join(args.set)
+        if args.resync:
+            start += "; each step from PyTorch's state (--resync)"
         header = (f"{runtime_env.cpu_class()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}; start: {start}; "
                   f"{args.steps} steps at {args.image_size} px, float32, CPU; " + "; ".join(versions()[:3]))
-        table = markdown(results, header)
+        table = markdown(results, header, floors)
         log(table)
         if args.markdown:
             with open(args.markdown, "w") as f:

@@ -120,13 +120,15 @@ def existing_checkpoints(ckpt_dir, prefix):
 
 @dataclass
 class TrainingSetup:
-    """What one training step needs: the Model (network, loss, optimizer, loss scale) and its per-step lr."""
+    """What one training step needs: the Model (network, loss, optimizer, loss scale), its per-step lr, and the
+    optimizer itself (its moments: bench/parity_torch.py --resync sets them)."""
 
     model: Model
     network: nn.Cell
     backbone: nn.Cell
     loss: nn.Cell
     lr: np.ndarray
+    optimizer: nn.Optimizer
 
 
 def build_training(loss_name, cfg, steps_per_epoch, ckpt_path=None):
@@ -150,7 +152,7 @@ def build_training(loss_name, cfg, steps_per_epoch, ckpt_path=None):
                                    ms.Tensor(lr), cfg.momentum, cfg.weight_decay, float(cfg.loss_scale), fused)
     model = Model(network, loss_fn=loss, optimizer=optimizer, amp_level=cfg.amp_level,
                   loss_scale_manager=FixedLossScaleManager(float(cfg.loss_scale), drop_overflow_update=False))
-    return TrainingSetup(model, network, backbone, loss, lr)
+    return TrainingSetup(model, network, backbone, loss, lr, optimizer)
 
 
 def train(request, cfg):

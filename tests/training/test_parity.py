@@ -25,6 +25,7 @@ was written (AMD EPYC, AVX-512), ours / the worse floor:
     floors 3.5e-2): a tensor decayed on one side only differs by about 1.
 A convention that differs moves far more: test_the_check_catches_* below.
 """
+import argparse
 import os
 import sys
 
@@ -222,3 +223,38 @@ def test_with_new_fc_draws_the_classifier_alone_anew():
             assert new[name] is state[name], name
     assert np.abs(new["fc.weight"]).max() > 0.99 * bound  # 14,336 uniform draws reach the bound's last percent
     assert np.array_equal(parity_torch.with_new_fc(state)["fc.weight"], new["fc.weight"])
+
+
+def test_a_resync_step_is_compared_from_pytorchs_state_before_it(tmp_path):
+    """--resync: a side that takes each step from PyTorch's state is judged on that step alone. Its update is its
+    state after step k minus PyTorch's after step k-1, against PyTorch's own step; a free side's is measured from
+    its start. Synthetic states with known errors: e_k on the resync side, carried errors on the free one."""
+    rng = np.random.default_rng(0)
+    steps = 3
+    torch_states = [{"w": rng.standard_normal(50).astype(np.float32)}]
+    for _ in range(steps):
+        torch_states.append({"w": torch_states[-1]["w"] + rng.standard_normal(50).astype(np.float32)})
+    errors = [np.zeros(50, np.float32)] + [rng.standard_normal(50).astype(np.float32) * 1e-3 * k
+                                           for k in range(1, steps + 1)]
+    resync = [s | {"w": s["w"] + e} for s, e in zip(torch_states, errors, strict=True)]
+    sides = {"torch": torch_states, "ms_resync": resync}
+    # the free side: every error carried on (its step k is PyTorch's plus the sum of errors so far)
+    sides["ms"] = [s | {"w": s["w"] + sum(errors[:k + 1])} for k, s in enumerate(torch_states)]
+    for side, states in sides.items():
+        for k, state in enumerate(states):
+            np.savez(tmp_path / f"{side}_step{k:03d}.npz", **state)
+        np.save(tmp_path / f"{side}_losses.npy", np.arange(1.0, steps + 1))
+    cfg = argparse.Namespace(steps=steps, batch_size=6, image_size=32)
+    results = parity_torch.compare_stage("softmax", cfg, str(tmp_path), {}, ("ms", "ms_resync"))
+    for k in range(1, steps + 1):
+        update = torch_states[k]["w"] - torch_states[k - 1]["w"]
+        resync, free = results["ms_resync"]["per_step"][k - 1], results["ms"]["per_step"][k - 1]
+        expected = np.abs(errors[k]).max() / np.abs(update).max()
+        assert resync["rel_update_diff"] == pytest.approx(expected, rel=1e-5)
+        carried = np.abs(sum(errors[1:k + 1])).max() / np.abs(torch_states[k]["w"] - torch_states[0]["w"]).max()
+        assert free["rel_update_diff"] == pytest.approx(carried, rel=1e-5)
+    assert results["ms_resync"]["max_rel_step_update_diff"] == max(
+        r["rel_update_diff"] for r in results["ms_resync"]["per_step"])
+    table = parity_torch.markdown({"softmax": results["ms_resync"] | {"torch_native_resync": results["ms_resync"]}},
+                                  "header", parity_torch.RESYNC[1:])
+    assert "worst step: max rel diff of the step's update" in table and "step 1:" not in table
