@@ -399,15 +399,20 @@ def rel_loss(a, b):
     return abs(a - b) / abs(b) if b != 0 else (0.0 if a == 0 else float("inf"))
 
 
-def projection_digest(name, delta, start):
-    """A tensor's change `delta` from `start` in PROJECTIONS + 3 numbers: random projections (seeded by the tensor's
-    name), |delta|, the component of delta along start (where weight decay acts: -lr wd |start|), |start|."""
+def projection_digests(name, deltas, start):
+    """A tensor's changes `deltas` (one per step) from `start`, each in PROJECTIONS + 3 numbers: random projections
+    (seeded by the tensor's name, the same for every step: drawn once), |delta|, the component of delta along start
+    (where weight decay acts: -lr wd |start|), |start|."""
     rng = np.random.default_rng(zlib.crc32(name.encode()))
-    flat, w = np.asarray(delta, np.float64).reshape(-1), np.asarray(start, np.float64).reshape(-1)
-    vectors = rng.standard_normal((PROJECTIONS, flat.size))
+    w = np.asarray(start, np.float64).reshape(-1)
+    vectors = rng.standard_normal((PROJECTIONS, w.size))
     norm_w = np.linalg.norm(w)
-    along = flat @ w / norm_w if norm_w > 0 else 0.0
-    return np.concatenate([vectors @ flat, [np.linalg.norm(flat), along, norm_w]])
+    rows = []
+    for delta in deltas:
+        flat = np.asarray(delta, np.float64).reshape(-1)
+        along = flat @ w / norm_w if norm_w > 0 else 0.0
+        rows.append(np.concatenate([vectors @ flat, [np.linalg.norm(flat), along, norm_w]]))
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -649,11 +654,12 @@ def from_uint8(pixels):
 
 
 def digests(states):
-    """(tensor names, float32 array steps x tensors x (PROJECTIONS + 1)): the projection digest of every tensor's
+    """(tensor names, float32 array steps x tensors x (PROJECTIONS + 3)): the projection digest of every tensor's
     change from step 0 after each step of a run's snapshots."""
     names = sorted(states[0])
-    return names, np.array([[projection_digest(name, state[name] - states[0][name], states[0][name])
-                             for name in names] for state in states[1:]], np.float32)
+    by_name = [projection_digests(name, [state[name] - states[0][name] for state in states[1:]], states[0][name])
+               for name in names]
+    return names, np.array(by_name, np.float32).transpose(1, 0, 2)
 
 
 def write_fixture(path, work, data, images):
