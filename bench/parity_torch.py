@@ -225,11 +225,11 @@ def train_ours(stage, cfg, ckpt, batches, proxies=None, on_step=None, before_ste
         setup.loss.proxies.set_data(ms.Tensor(proxies))
     cells = (setup.network, setup.loss)
 
-    def snapshot():
-        return {p.name: p.asnumpy().copy() for cell in cells for p in cell.get_parameters()}
+    params = {p.name: p for cell in cells for p in cell.get_parameters()}
+    settable = params | {m.name: m for m in setup.optimizer.moments}
 
-    settable = {p.name: p for cell in cells for p in cell.get_parameters()}
-    settable.update({m.name: m for m in setup.optimizer.moments})
+    def snapshot():
+        return {name: p.asnumpy().copy() for name, p in params.items()}
 
     class Steps(Callback):
         def on_train_step_begin(self, run_context):
