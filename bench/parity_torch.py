@@ -738,6 +738,8 @@ def parse_args(argv=None):
         return args
     if args.pretrain_steps < 1:
         parser.error(f"--pretrain-steps must be at least 1, got {args.pretrain_steps}")
+    if args.resync and args.write_fixture:
+        parser.error("--resync does not apply to --write-fixture (the fixture keeps the free runs)")
     from src.runtime.config import ConfigError, parse_overrides
 
     try:  # a bad --set fails here, not after the start's training

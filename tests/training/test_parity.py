@@ -258,3 +258,15 @@ def test_a_resync_step_is_compared_from_pytorchs_state_before_it(tmp_path):
     table = parity_torch.markdown({"softmax": results["ms_resync"] | {"torch_native_resync": results["ms_resync"]}},
                                   "header", parity_torch.RESYNC[1:])
     assert "worst step: max rel diff of the step's update" in table and "step 1:" not in table
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--pretrain-steps", "0"], "--pretrain-steps must be at least 1, got 0"),
+    (["--resync", "--write-fixture", "f.npz"], "--resync does not apply to --write-fixture"),
+    (["--set", "lr_maximum=0.03"], "--set: override: unknown key 'lr_maximum'"),
+])
+def test_bad_arguments_stop_before_any_run(argv, message, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        parity_torch.parse_args(argv)
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
