@@ -90,12 +90,12 @@ PK_STAGES = ("quadruplet", "multisimilarity")
 # And PyTorch itself from a start one float32 ulp away: how far rounding alone carries a stage's trajectory,
 # whatever the kernels. The two floors are compared with PyTorch as ours is.
 FLOORS = ("torch_native", "torch_ulp")
-FLOOR_NAMES = {"torch_native": "PyTorch with its native convolutions", "torch_ulp": "PyTorch from a start one ulp away",
-               "torch_native_resync": "PyTorch with its native convolutions"}
+FLOOR_NAMES = {"torch_native": "PyTorch with its native convolutions", "torch_ulp": "PyTorch from a start one ulp away"}
 SIDES = ("ms", "torch") + FLOORS
 # --resync: ours, and PyTorch with its native convolutions (the floor), take every step from PyTorch's state after
 # the step before (parameters, moving statistics, momentum buffers): each step's difference alone, not carried on.
 RESYNC = ("ms_resync", "torch_native_resync")
+FLOOR_NAMES["torch_native_resync"] = FLOOR_NAMES["torch_native"]
 LOSS_TOL, PARAM_TOL = 1e-4, 1e-3
 DATA = {"grid": 4, "test_regions": 3, "views": 10, "rotation": 180.0, "flip": True}
 # The suite's fixture: 2 steps at 32 px, batch 12, and a weight decay large enough (0.01) that a parameter decayed
@@ -431,12 +431,14 @@ def worker(side, job_path):
     proxies = inputs["proxies"] if "proxies" in inputs.files else None
     losses = []
 
+    keep_moments = side == "torch" and bool(job.get("resync"))  # where the --resync sides take their steps from
+
     def on_step(step, loss, state):
         losses.append(loss)
         if state is not None:
             np.savez(os.path.join(job["out"], f"{side}_step{step:03d}.npz"),
                      **{k: v for k, v in state.items() if not k.startswith("moments.")})
-            if side == "torch" and job.get("resync"):
+            if keep_moments:
                 np.savez(os.path.join(job["out"], f"torch_moments_step{step:03d}.npz"),
                          **{k: v for k, v in state.items() if k.startswith("moments.")})
 
@@ -458,7 +460,7 @@ def worker(side, job_path):
             state = one_ulp_away(state)
         start, final = train_torch(job["stage"], cfg, state, batches, inputs["lr"], proxies, on_step,
                                    native_conv=side.startswith("torch_native"), snapshots="final" not in job,
-                                   moments=bool(job.get("resync")), before_step=before_step)
+                                   moments=keep_moments, before_step=before_step)
         if "final" in job:
             np.savez(job["final"], **final)
     np.savez(os.path.join(job["out"], f"{side}_step000.npz"), **start)

@@ -248,9 +248,9 @@ def test_a_resync_step_is_compared_from_pytorchs_state_before_it(tmp_path):
     results = parity_torch.compare_stage("softmax", cfg, str(tmp_path), {}, ("ms", "ms_resync"))
     for k in range(1, steps + 1):
         update = torch_states[k]["w"] - torch_states[k - 1]["w"]
-        resync, free = results["ms_resync"]["per_step"][k - 1], results["ms"]["per_step"][k - 1]
+        resynced, free = results["ms_resync"]["per_step"][k - 1], results["ms"]["per_step"][k - 1]
         expected = np.abs(errors[k]).max() / np.abs(update).max()
-        assert resync["rel_update_diff"] == pytest.approx(expected, rel=1e-5)
+        assert resynced["rel_update_diff"] == pytest.approx(expected, rel=1e-5)
         carried = np.abs(sum(errors[1:k + 1])).max() / np.abs(torch_states[k]["w"] - torch_states[0]["w"]).max()
         assert free["rel_update_diff"] == pytest.approx(carried, rel=1e-5)
     assert results["ms_resync"]["max_rel_step_update_diff"] == max(
