@@ -211,13 +211,22 @@ def train_ours(stage, cfg, ckpt, batches, proxies=None, on_step=None, before_ste
     set before each step (--resync: each step from PyTorch's state). Returns the initial {name: array}
     (parameters, moving statistics, the loss's own)."""
     import mindspore as ms
+
+    caller_mode = ms.get_context("mode")  # a test process calls this in-process: it gets its mode back
+    ms.set_context(mode=ms.GRAPH_MODE)  # the device: the worker's init_context, or the test process's CPU
+    try:
+        return _train_ours(ms, stage, cfg, ckpt, batches, proxies, on_step, before_step)
+    finally:
+        ms.set_context(mode=caller_mode)
+
+
+def _train_ours(ms, stage, cfg, ckpt, batches, proxies, on_step, before_step):
     import mindspore.dataset as mds
     from mindspore.train import Callback
 
     from src.models.checkpoint import load_strict
     from src.training.trainer import build_training
 
-    ms.set_context(mode=ms.GRAPH_MODE)  # the device: the worker's init_context, or the test process's CPU
     ms.set_seed(cfg.seed)
     setup = build_training(stage, cfg, len(batches))
     load_strict(setup.network, ckpt)

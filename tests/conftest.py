@@ -43,6 +43,19 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture(autouse=True)
+def _keep_mindspores_execution_mode():
+    """A test that trains in-process (the parity check: graph mode, as train.py) hands the next test on its
+    worker the mode it found: tests written for PyNative (ms.grad of a lambda, which graph mode cannot parse)
+    must not depend on which module pytest-xdist ran before them."""
+    import mindspore as ms  # imported already: the test modules import it when they are collected
+
+    mode = ms.get_context("mode")
+    yield
+    if ms.get_context("mode") != mode:
+        ms.set_context(mode=mode)
+
+
+@pytest.fixture(autouse=True)
 def _remove_tmp_path_of_passed_tests(request):
     """A passed test's tmp_path goes when it ends (checkpoints of a ResNet-50 are 100-300 MB each, and the suite
     writes dozens: the disk may be small); a failed test's stays for a look."""
