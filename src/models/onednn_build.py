@@ -15,9 +15,10 @@ Building: at the first use per process, the .cc files (SOURCES) are compiled wit
 else g++ / c++) into a cache folder (METRIC_LEARN_CACHE, else ~/.cache/metric_learn, else a temp folder), with a
 private copy of MindSpore's own libdnnl.so.3 beside it: a copy has its own CPU dispatch, so it runs its AVX-512
 kernels while MindSpore's runs under src/runtime/env.py's AVX2 cap (a cap the user set applies to both). Both
-files are written atomically and named by a hash of what they are built from, so concurrent processes (msrun)
-and upgrades are safe. Where it cannot be built (no compiler, no libdnnl.so.3, not Linux x86-64), `resolve` says
-why in one warning and MindSpore's Conv2D is used.
+files are written atomically and named by a hash of what they are built from (MindSpore's library by its content,
+not its path: venvs share them), so concurrent processes (msrun) and upgrades are safe. Where it cannot be
+built (no compiler, no libdnnl.so.3, not Linux x86-64), `resolve` says why in one warning and MindSpore's
+Conv2D is used.
 
 Only CPU: on GPU and Ascend, and in everything exported (export.py builds plain nn.Conv2d), MindSpore's own
 Conv2D runs.
@@ -130,17 +131,18 @@ def _build(threads):
         raise OneDnnUnavailableError(f"built for Linux x86-64 only, this is {platform.system()} {platform.machine()}")
     onednn = mindspore_onednn()
     cxx = _compiler()
-    info = os.stat(onednn)
-    onednn_id = f"{onednn} {info.st_size} {info.st_mtime_ns}".encode()
+    with open(onednn, "rb") as f:  # by content (0.05 s): every venv of the same MindSpore shares the copy
+        onednn_id = hashlib.file_digest(f, "sha256").hexdigest()
     digest = hashlib.sha256()
     for path in SOURCES + HEADERS:
         with open(path, "rb") as f:
             digest.update(f.read())
-    digest.update(f"{cxx} {' '.join(CXXFLAGS)} ".encode() + onednn_id)
+    digest.update(f"{cxx} {' '.join(CXXFLAGS)} {onednn_id}".encode())
     folder = _cache_dir()
     kernels = os.path.join(folder, f"onednn_conv-{digest.hexdigest()[:16]}.so")
-    # Named by MindSpore's library alone: a new version of our kernels reuses the copy (58 MB) of an unchanged one.
-    private = os.path.join(folder, f"libdnnl-{hashlib.sha256(onednn_id).hexdigest()[:16]}.so.3")
+    # Named by MindSpore's library alone: a new version of our kernels reuses the copy (58 MB) of an unchanged one,
+    # and so does every new venv with the same MindSpore (named by its path, each venv left one more copy).
+    private = os.path.join(folder, f"libdnnl-{onednn_id[:16]}.so.3")
     if not os.path.isfile(private):
         _replace_atomic(lambda tmp: shutil.copyfile(onednn, tmp), private)
     if not os.path.isfile(kernels):

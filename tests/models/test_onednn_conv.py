@@ -1,6 +1,7 @@
 """OneDnnConv2d (config cpu_conv: onednn): the same outputs and gradients as a brute-force numpy convolution
 and as MindSpore's Conv2D, the same ResNet-50 parameters, and a clear fallback where it cannot be built."""
 import logging
+import os
 
 import mindspore as ms
 import numpy as np
@@ -132,8 +133,9 @@ def test_a_failing_compile_names_the_source(monkeypatch, tmp_path):
 
 
 def test_new_kernels_reuse_the_private_onednn_copy(monkeypatch, tmp_path):
-    """The 58 MB copy of MindSpore's libdnnl is named by that library alone: a change of our sources builds new
-    kernels beside the same copy, instead of one more copy per version."""
+    """The 58 MB copy of MindSpore's libdnnl is named by that library's content alone: a change of our sources
+    builds new kernels beside the same copy, instead of one more copy per version, and another venv's install of
+    the same library (another path, another mtime) builds nothing and copies nothing."""
     monkeypatch.setenv(onednn_build.CACHE_VAR, str(tmp_path / "cache"))
     for name in (onednn_build._ENV_LIB, onednn_build._ENV_THREADS, onednn_build._ENV_UNCAP):
         monkeypatch.setenv(name, "")  # _build sets them; restored after the test
@@ -141,7 +143,8 @@ def test_new_kernels_reuse_the_private_onednn_copy(monkeypatch, tmp_path):
     fake_onednn.write_bytes(b"not really oneDNN")
     monkeypatch.setattr(onednn_build, "mindspore_onednn", lambda: str(fake_onednn))
     compiler = tmp_path / "fake-c++"
-    compiler.write_text('#!/bin/sh\nwhile [ "$1" != "-o" ]; do shift; done\necho built > "$2"\n')
+    compiler.write_text(f'#!/bin/sh\necho >> {tmp_path}/compiles\nwhile [ "$1" != "-o" ]; do shift; done\n'
+                        'echo built > "$2"\n')
     compiler.chmod(0o755)
     monkeypatch.setenv("CXX", str(compiler))
     source = tmp_path / "kernels.cc"
@@ -155,3 +158,14 @@ def test_new_kernels_reuse_the_private_onednn_copy(monkeypatch, tmp_path):
     copies = sorted(p.name for p in folder.glob("libdnnl-*.so.3"))
     assert len(copies) == 1, copies
     assert (folder / copies[0]).read_bytes() == b"not really oneDNN"
+    other_venv = tmp_path / "venv2" / "libdnnl.so.3"
+    other_venv.parent.mkdir()
+    other_venv.write_bytes(fake_onednn.read_bytes())
+    os.utime(other_venv, ns=(0, 0))
+    monkeypatch.setattr(onednn_build, "mindspore_onednn", lambda: str(other_venv))
+    assert onednn_build._build(threads=1) == built[1]
+    assert sorted(p.name for p in folder.glob("libdnnl-*.so.3")) == copies
+    assert (tmp_path / "compiles").read_text() == "\n\n"  # the two versions' builds, none for the new venv
+    other_venv.write_bytes(b"another oneDNN")  # a different library: its own copy and kernels
+    assert onednn_build._build(threads=1) != built[1]
+    assert len(list(folder.glob("libdnnl-*.so.3"))) == 2
