@@ -106,7 +106,7 @@ CALM_SCALE = 0.1
 # --start trained: the random weights after PyTorch softmax steps at a cosine lr from PRETRAIN["lr"], on batches
 # drawn with another seed than the stages' (which use the config's, 1).
 PRETRAIN = {"lr": 0.1, "seed": 2}
-PROJECTIONS = 8  # random projections per tensor in the fixture's digest of a training run
+PROJECTIONS = 8  # sums of the count sketch per tensor in the fixture's digest of a training run
 
 
 def log(message):
@@ -409,18 +409,23 @@ def rel_loss(a, b):
 
 
 def projection_digests(name, deltas, start):
-    """A tensor's changes `deltas` (one per step) from `start`, each in PROJECTIONS + 3 numbers: random projections
-    (seeded by the tensor's name, the same for every step: drawn once), |delta|, the component of delta along start
-    (where weight decay acts: -lr wd |start|), |start|."""
+    """A tensor's changes `deltas` (one per step) from `start`, each in PROJECTIONS + 3 numbers: a count sketch (a
+    sparse random projection: each element added, with a random sign, to one of PROJECTIONS sums; as a dense
+    Gaussian projection, the sketch of a difference has the squared norm of the difference in expectation, and it
+    takes one pass instead of PROJECTIONS normal draws per element), seeded by the tensor's name and the same for
+    every step (drawn once); |delta|; the component of delta along start (where weight decay acts:
+    -lr wd |start|); |start|."""
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     w = np.asarray(start, np.float64).reshape(-1)
-    vectors = rng.standard_normal((PROJECTIONS, w.size))
+    code = rng.integers(0, 2 * PROJECTIONS, w.size, dtype=np.uint8)  # PROJECTIONS <= 128
+    bucket, sign = code >> 1, np.where(code & 1, -1.0, 1.0)
     norm_w = np.linalg.norm(w)
     rows = []
     for delta in deltas:
         flat = np.asarray(delta, np.float64).reshape(-1)
         along = flat @ w / norm_w if norm_w > 0 else 0.0
-        rows.append(np.concatenate([vectors @ flat, [np.linalg.norm(flat), along, norm_w]]))
+        sketch = np.bincount(bucket, weights=sign * flat, minlength=PROJECTIONS)
+        rows.append(np.concatenate([sketch, [np.linalg.norm(flat), along, norm_w]]))
     return rows
 
 
@@ -665,7 +670,7 @@ def from_uint8(pixels):
 
 
 def digests(states):
-    """(tensor names, float32 array steps x tensors x (PROJECTIONS + 3)): the projection digest of every tensor's
+    """(tensor names, float32 array steps x tensors x (PROJECTIONS + 3)): the sketch digest of every tensor's
     change from step 0 after each step of a run's snapshots."""
     names = sorted(states[0])
     by_name = [projection_digests(name, [state[name] - states[0][name] for state in states[1:]], states[0][name])
