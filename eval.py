@@ -31,7 +31,7 @@ from src.runtime.cli import (
     parse_with_overrides,
     run,
 )
-from src.runtime.context import init_context
+from src.runtime.context import init_context, set_cpu_threads
 from src.runtime.log import get_logger
 
 logger = get_logger()
@@ -76,7 +76,7 @@ def main(argv=None):
         raise ValueError(f"--backend {args.backend} runs on CPU; use --device_target CPU (got {args.device_target})")
     init_context(args.device_target, args.device_id)
     if args.device_target == "CPU":
-        ms.set_context(runtime_num_threads=threads)
+        set_cpu_threads(threads)
     # The lists are read and checked before the network is built (and, for an engine, exported).
     if query_gallery:
         lists = read_checked_query_gallery(args.dataset_path, args.query_list, args.gallery_list, cfg)

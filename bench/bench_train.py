@@ -25,8 +25,10 @@ within a round, their order reversed every other round. A variant is a base and 
   +jemalloc          LD_PRELOAD jemalloc with the tuned MALLOC_CONF below
   +jemalloc-default  LD_PRELOAD jemalloc with its default settings
   +jit=O0|O1|O2      (ms) set_context(jit_config={"jit_level": ...})
-  +threads=N         (ms) set_context(runtime_num_threads=N); (torch) torch.set_num_threads(N)
-  +interop=N         (ms) set_context(inter_op_parallel_num=N); (torch) torch.set_num_interop_threads(N)
+  +threads=N         (ms) device_context.cpu.op_tuning.threads_num(N) (src.runtime.context.set_cpu_threads; an
+                     extraction sets every core without it, as eval.py);
+                     (torch) torch.set_num_threads(N)
+  +interop=N         (ms) mindspore.runtime.dispatch_threads_num(N); (torch) torch.set_num_interop_threads(N)
   +workers=N         data-pipeline workers (config num_parallel_workers / DataLoader num_workers)
   +threadworkers     (ms) pipeline workers as threads (python_multiprocessing=False)
   +prefetch=N        (ms) mindspore.dataset.config.set_prefetch_size(N); (torch) prefetch_factor=N
@@ -201,16 +203,23 @@ def run_ms_train(job):
     cycles = np.diff(monitor.step_ends).tolist()
     return {"step_times": monitor.step_times, "cycle_times": cycles, "cpu_times": monitor.step_cpu[1:],
             "losses": result["losses"],
-            "threads": ms.get_context("runtime_num_threads"), "workers": cfg.num_parallel_workers}
+            "threads": ms_threads(spec), "workers": cfg.num_parallel_workers}
+
+
+def ms_threads(spec):
+    """The MindSpore kernels' threads of a variant, for the report (MindSpore has no getter for threads_num)."""
+    return spec["threads"] if spec["threads"] is not None else "MindSpore's default"
 
 
 def _apply_ms_options(ms, mds, spec):
+    from src.runtime.context import set_cpu_threads
+
     if spec["jit"]:
         ms.set_context(jit_config={"jit_level": spec["jit"]})
     if spec["threads"] is not None:
-        ms.set_context(runtime_num_threads=spec["threads"])
+        set_cpu_threads(spec["threads"])
     if spec["interop"] is not None:
-        ms.set_context(inter_op_parallel_num=spec["interop"])
+        ms.runtime.dispatch_threads_num(spec["interop"])
     if spec["prefetch"] is not None:
         mds.config.set_prefetch_size(spec["prefetch"])
 
@@ -257,7 +266,7 @@ def run_ms_eval(job):
     from src.evaluation import features
     from src.models.resnet import ResNet50
     from src.runtime.config import load_config
-    from src.runtime.context import init_context
+    from src.runtime.context import init_context, set_cpu_threads
 
     spec, size, batch, steps = job["spec"], job["image_size"], job["batch"], job["steps"]
     cfg = load_config("triplet", "CPU")
@@ -266,12 +275,12 @@ def run_ms_eval(job):
     _apply_ms_options(ms, mds, spec)
     make = functools.partial(create_dataset, python_multiprocessing=not spec["thread_workers"])
     ms.set_seed(cfg.seed)
-    threads = ms.get_context("runtime_num_threads")
+    threads = check_threads(spec["threads"])  # as eval.py --threads: every core the process may use by default
+    set_cpu_threads(threads)
     # As eval.py: the config's convolutions for the mindspore backend, MindSpore's for an engine's export.
-    conv = "mindspore" if spec["engine"] else onednn_build.resolve(spec["conv"] or cfg.cpu_conv, "CPU")
+    conv = "mindspore" if spec["engine"] else onednn_build.resolve(spec["conv"] or cfg.cpu_conv, "CPU", threads)
     backbone = ResNet50(conv=conv)
     if spec["engine"]:
-        threads = check_threads(spec["threads"])
         backbone = extraction_engine(spec["engine"], backbone, None, size, batch, threads)
     lists = {}
     for what, count in (("warmup", batch), ("timed", steps * batch)):

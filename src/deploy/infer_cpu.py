@@ -21,7 +21,7 @@ from src.deploy.engines import add_engine_arguments, check_backend, check_thread
 from src.deploy.infer_data import RESULT_DIR, list_input_files, read_array, result_name, write_latency
 from src.runtime.atomic_file import write_atomic
 from src.runtime.cli import run
-from src.runtime.context import init_context
+from src.runtime.context import init_context, set_cpu_threads
 from src.runtime.log import Progress, get_logger
 
 logger = get_logger()
@@ -43,7 +43,7 @@ def mindir_input_shape(mindir_path):
 
 def mindspore_runner(mindir_path, threads):
     """numpy (input) -> list of numpy outputs, through the MindIR in MindSpore."""
-    ms.set_context(runtime_num_threads=threads)
+    set_cpu_threads(threads)
     net = nn.GraphCell(ms.load(mindir_path))
 
     def forward(x):
