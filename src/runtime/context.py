@@ -7,7 +7,7 @@ from src.runtime.config import DEVICES
 from src.runtime.devices import set_device
 
 
-def init_context(device_target, device_id=None, distributed=False, compile_cache_dir=None):
+def init_context(device_target, device_id=None, distributed=False):
     """Set graph mode and the device; join the data-parallel group when `distributed`.
 
     device_id defaults to $DEVICE_ID (else 0) for standalone runs; distributed runs take the
@@ -16,8 +16,6 @@ def init_context(device_target, device_id=None, distributed=False, compile_cache
     if device_target not in DEVICES:
         raise ValueError(f"unknown device_target {device_target!r}; expected one of {', '.join(DEVICES)}")
     ms.set_context(mode=ms.GRAPH_MODE)
-    if compile_cache_dir:
-        ms.set_context(enable_compile_cache=True, compile_cache_path=compile_cache_dir)
     if not distributed:
         if device_id is None:
             device_id = int(os.environ.get("DEVICE_ID", "0"))
