@@ -2,6 +2,7 @@
 and a --quick run in which no test class reaches the hyper-parameter selection."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -84,4 +85,19 @@ def test_quick_run_selects_on_training_classes_only(tmp_path):
     final = result["finals"]["quadruplet"][0]
     assert final["train_list"] == "train.txt" and final["eval_list"] == "test.txt"
     assert 0.0 <= final["recall@1"] <= 1.0
+    # The report's numbers are the runs' own: each baseline what its tool printed on the test classes, the final
+    # run's what its training logged after its last epoch.
+    raw = next(name for name in result["baselines"] if name.startswith("raw pixels"))
+    logs = {raw: "raw_pixels.log", "untrained backbone": "untrained.log",
+            "the start (softmax on the fit classes)": "start_eval.log"}
+    assert set(result["baselines"]) == set(logs)
+    for name, log in logs.items():
+        text = (out / log).read_text()
+        printed = float(re.search(r"^eval_recall: ([0-9.]+)$", text, re.M).group(1))
+        assert result["baselines"][name]["recall@1"] == printed, name
+    for log in ("untrained.log", "start_eval.log"):
+        assert f"eval data: {data / 'test.txt'}," in (out / log).read_text(), log
+    logged = re.findall(r"epoch: \d+ eval_recall: ([0-9.]+) \(MAP@R ([0-9.]+)",
+                        (out / final["name"] / "train.log").read_text())
+    assert (final["recall@1"], final["map@r"]) == tuple(map(float, logged[-1]))
     assert set(result["split"]["val.txt"]) <= train_classes
