@@ -94,9 +94,10 @@ MESSAGES = {"missing": "FileNotFoundError: image not found: {image}",
                          + [("train", 2, "missing"), ("train", 2, "truncated")])
 def test_a_bad_image_in_the_pipeline_is_the_last_line(data, tmp_path, kind, stage, workers):
     """Process workers (2) and the in-process pipeline (1) wrap the error differently; both end the same. Every
-    pipeline reads with src/data/decoding.py's load_image, so each kind's message is checked once (in-process),
-    and training's process workers carry both of its exception types (an empty file raises what a truncated one
-    does)."""
+    pipeline reads with src/data/decoding.py's load_image, so each kind's message is checked once (in-process);
+    a missing file is found when the dataset is made (check_files_exist, with load_image's message: before
+    training compiles), and training's process workers carry a file that does not decode (an empty file raises
+    what a truncated one does)."""
     list_name = "train.txt" if stage == "train" else "test.txt"
     root, image = spoil(data, tmp_path, list_name, kind)
     if stage == "train":

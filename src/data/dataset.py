@@ -12,7 +12,7 @@ import os
 import mindspore.dataset as ds
 import numpy as np
 
-from src.data.decoding import drop_bad_images, load_image
+from src.data.decoding import check_files_exist, drop_bad_images, load_image
 from src.data.image_list import ImageList, read_image_list
 from src.data.samplers import PKSampler, ShuffleSampler, TripletSampler, decode_token
 from src.data.transforms import EVAL_RESIZE_MODES, eval_transform, train_transform
@@ -64,7 +64,8 @@ def create_dataset(dataset_path, list_file, batch_size, image_size, stage, seed=
     ... per iterator) and give rank
     `rank` of `group_size` its own equal-sized slice; "eval" reads the whole list in order, no
     shuffling, no augmentation, no dropped images, on every rank. skip_bad decodes every listed
-    file once up front and drops (and logs) the bad ones instead of failing on them later.
+    file once up front and drops (and logs) the bad ones instead of failing on them later; without it a
+    missing file is a FileNotFoundError here, before any batch (one that does not decode fails when read).
     With num_parallel_workers > 1 the workers are processes (python_multiprocessing=True: scales
     with cores, ~1 ms of transfer per image) or threads (no transfer, but they share the GIL).
     """
@@ -90,8 +91,7 @@ def create_dataset(dataset_path, list_file, batch_size, image_size, stage, seed=
         images = list_file
     else:
         images = read_image_list(os.path.join(dataset_path, list_file), dataset_path)
-    if skip_bad:
-        images = drop_bad_images(images, num_parallel_workers)
+    images = drop_bad_images(images, num_parallel_workers) if skip_bad else check_files_exist(images)
 
     sampler = None
     if batches == "shuffle":

@@ -40,6 +40,19 @@ def load_image(path, where=None):
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def check_files_exist(images):
+    """`images` if every listed file exists; else FileNotFoundError naming the first missing one with its list
+    line (load_image's message) and how many more are missing. One stat per image (0.19 s for 59,551 files, SOP's
+    training images): a missing file stops the run before it compiles, not when an epoch, maybe hours in, reaches
+    it. Files that exist but do not decode are still found as they are read (or up front with skip_bad)."""
+    missing = [i for i in range(len(images)) if not os.path.isfile(images.full_path(i))]
+    if missing:
+        first = missing[0]
+        more = f"; {len(missing) - 1} more of its {len(images)} images are missing too" if len(missing) > 1 else ""
+        raise FileNotFoundError(f"image not found: {images.full_path(first)} (listed at {images.where(first)}){more}")
+    return images
+
+
 def find_bad_images(images, num_workers=2, progress_what="checking images"):
     """[(index, reason)] for every entry of `images` that is missing or does not decode."""
     def check(index):

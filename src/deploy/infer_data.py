@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from src.data.decoding import drop_bad_images, load_image
+from src.data.decoding import check_files_exist, drop_bad_images, load_image
 from src.data.image_list import read_image_list
 from src.data.transforms import eval_transform
 from src.evaluation.features import l2_normalize_rows
@@ -82,8 +82,7 @@ def preprocess_eval_list(dataset_path, eval_list, output_path, cfg, logger=None)
     images = read_image_list(os.path.join(dataset_path, eval_list), dataset_path)
     for folder in (IMAGE_DIR, LABEL_DIR):
         _check_replaceable(os.path.join(output_path, folder))
-    if cfg.skip_bad:
-        images = drop_bad_images(images, cfg.num_parallel_workers)
+    images = drop_bad_images(images, cfg.num_parallel_workers) if cfg.skip_bad else check_files_exist(images)
     os.makedirs(output_path, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".preprocess-", dir=output_path)
     try:

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -353,9 +354,25 @@ def dataset_with_bad_files(tmp_path):
 
 
 def test_bad_image_fails_the_pipeline_by_default_naming_the_file(dataset_with_bad_files):
-    dataset = create_dataset(dataset_with_bad_files, "list.txt", 7, SIZE, "eval", num_parallel_workers=2)
-    with pytest.raises(Exception, match="cannot decode image: .*3.jpg \\(listed at .*list.txt:4\\)"):
+    root = Path(dataset_with_bad_files)
+    lines = (root / "list.txt").read_text().splitlines()
+    (root / "present.txt").write_text("\n".join(lines[:-1]) + "\n")  # without the missing file
+    dataset = create_dataset(dataset_with_bad_files, "present.txt", 7, SIZE, "eval", num_parallel_workers=2)
+    with pytest.raises(Exception, match="cannot decode image: .*3.jpg \\(listed at .*present.txt:4\\)"):
         run_epochs(dataset)
+
+
+@pytest.mark.parametrize("stage", ["eval", "softmax"])
+def test_a_missing_file_stops_the_dataset_before_any_batch(dataset_with_bad_files, stage):
+    """Named with its list line, and the count of the others missing: before a training run compiles, not when an
+    epoch reaches the file."""
+    with pytest.raises(FileNotFoundError, match=r"^image not found: .*missing\.jpg \(listed at .*list\.txt:7\)$"):
+        create_dataset(dataset_with_bad_files, "list.txt", 7, SIZE, stage, num_parallel_workers=2)
+    root = Path(dataset_with_bad_files)
+    (root / "0.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match=r"0\.jpg \(listed at .*list\.txt:1\); 1 more of its 7 images "
+                                                r"are missing too$"):
+        create_dataset(dataset_with_bad_files, "list.txt", 7, SIZE, stage, num_parallel_workers=2)
 
 
 def test_skip_bad_drops_and_logs_bad_files(dataset_with_bad_files, caplog):
