@@ -203,12 +203,7 @@ def run_ms_train(job):
     cycles = np.diff(monitor.step_ends).tolist()
     return {"step_times": monitor.step_times, "cycle_times": cycles, "cpu_times": monitor.step_cpu[1:],
             "losses": result["losses"],
-            "threads": ms_threads(spec), "workers": cfg.num_parallel_workers}
-
-
-def ms_threads(spec):
-    """The MindSpore kernels' threads of a variant, for the report (MindSpore has no getter for threads_num)."""
-    return spec["threads"] if spec["threads"] is not None else "MindSpore's default"
+            "threads": spec["threads"] or "MindSpore's default", "workers": cfg.num_parallel_workers}
 
 
 def _apply_ms_options(ms, mds, spec):

@@ -215,12 +215,13 @@ def train_ours(stage, cfg, ckpt, batches, proxies=None, on_step=None, before_ste
     caller_mode = ms.get_context("mode")  # a test process calls this in-process: it gets its mode back
     ms.set_context(mode=ms.GRAPH_MODE)  # the device: the worker's init_context, or the test process's CPU
     try:
-        return _train_ours(ms, stage, cfg, ckpt, batches, proxies, on_step, before_step)
+        return _train_ours(stage, cfg, ckpt, batches, proxies, on_step, before_step)
     finally:
         ms.set_context(mode=caller_mode)
 
 
-def _train_ours(ms, stage, cfg, ckpt, batches, proxies, on_step, before_step):
+def _train_ours(stage, cfg, ckpt, batches, proxies, on_step, before_step):
+    import mindspore as ms
     import mindspore.dataset as mds
     from mindspore.train import Callback
 
