@@ -47,6 +47,9 @@ Two floors run beside ours, each compared with PyTorch as ours is: PyTorch with 
 instead of oneDNN's (torch_native: the same steps, rounded otherwise), and PyTorch from the start with every
 float moved by one float32 ulp (torch_ulp: how far rounding alone carries the stage's trajectory; where it parts
 beyond the targets, no float32 implementation can be expected to stay within them).
+--float64 adds a third (torch_f64): PyTorch computing in float64 from the same start (the float32 values, exactly),
+compared with PyTorch in float32 as ours is: how far PyTorch's float32 run itself is from the computation's exact
+trajectory, so how much of a target asks for PyTorch's float32 rounding rather than for its arithmetic.
 
 --resync: each step from PyTorch's state. PyTorch runs first and keeps its state after every step (parameters,
 moving statistics, momentum buffers); ours, and PyTorch with its native convolutions (the floor), set that state
@@ -61,7 +64,8 @@ every parameter and BatchNorm moving statistic after every step (max |ours - tor
 and of their change from the start (the same measure on w_t - w_0, which is what training did), and the first
 step at which the losses part by more than 1e-4 or a tensor by more than 1e-3, with the tensor. --json writes
 {"stages": {name: {"max_rel_loss_diff", "max_rel_param_diff", "max_rel_update_diff", "steps", "per_step" (a row
-per step), ..., "torch_native": {...}, "torch_ulp": {...}}}} (the floors' same keys, their own rows).
+per step), ..., "torch_native": {...}, "torch_ulp": {...}}}} (the floors' same keys, their own rows; with
+--float64 "torch_f64" too).
 """
 import os
 import sys
@@ -90,12 +94,19 @@ PK_STAGES = ("quadruplet", "multisimilarity")
 # And PyTorch itself from a start one float32 ulp away: how far rounding alone carries a stage's trajectory,
 # whatever the kernels. The two floors are compared with PyTorch as ours is.
 FLOORS = ("torch_native", "torch_ulp")
-FLOOR_NAMES = {"torch_native": "PyTorch with its native convolutions", "torch_ulp": "PyTorch from a start one ulp away"}
+FLOOR_NAMES = {"torch_native": "PyTorch with its native convolutions", "torch_ulp": "PyTorch from a start one ulp away",
+               "torch_f64": "PyTorch in float64"}
+# Each floor as a table's cell line names it (what it is, against PyTorch in float32 with oneDNN's kernels).
+FLOOR_CELLS = {"torch_native": "PyTorch with its native convolutions against PyTorch (oneDNN's)",
+               "torch_ulp": "PyTorch from the start moved by one float32 ulp against PyTorch",
+               "torch_f64": "PyTorch in float64 against PyTorch (float32)"}
 SIDES = ("ms", "torch") + FLOORS
 # --resync: ours, and PyTorch with its native convolutions (the floor), take every step from PyTorch's state after
 # the step before (parameters, moving statistics, momentum buffers): each step's difference alone, not carried on.
 RESYNC = ("ms_resync", "torch_native_resync")
 FLOOR_NAMES["torch_native_resync"] = FLOOR_NAMES["torch_native"]
+# --float64: PyTorch in float64 as one more floor of the free runs (about 3x a float32 side's time).
+FLOAT64 = "torch_f64"
 LOSS_TOL, PARAM_TOL = 1e-4, 1e-3
 DATA = {"grid": 4, "test_regions": 3, "views": 10, "rotation": 180.0, "flip": True}
 # The suite's fixture: 2 steps at 32 px, batch 12, and a weight decay large enough (0.01) that a parameter decayed
@@ -313,12 +324,14 @@ def torch_loss(torch, stage, cfg, proxies):
 
 
 def train_torch(stage, cfg, state, batches, lr, proxies=None, on_step=None, native_conv=False, snapshots=True,
-                moments=False, before_step=None):
+                moments=False, before_step=None, float64=False):
     """PyTorch's steps from `state` (torchvision names) on `batches`; on_step(step, loss, {our name: array}), the
     state None with snapshots=False (trained_start's 200 steps keep their losses only), with moments=True the
     momentum buffers in it too ("moments.<our name>", ours' names for them). before_step(step) -> {our name: array}
     as train_ours's, set before each step.
     native_conv: convolutions by PyTorch's own kernels instead of oneDNN's (the same steps, rounded otherwise).
+    float64: every tensor, the batches and the loss's own in float64 (the start's float32 values, exactly); the
+    snapshots stay float64.
     Returns ({our name: array} at the start, {torchvision name: array} at the end)."""
     import torch
 
@@ -330,6 +343,11 @@ def train_torch(stage, cfg, state, batches, lr, proxies=None, on_step=None, nati
     model.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in state.items()})
     model.train()
     loss_fn, own = torch_loss(torch, stage, cfg, proxies)
+    dtype = torch.float64 if float64 else torch.float32
+    if float64:
+        model.double()
+        for p in own:
+            p.data = p.data.double()
     bn = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
     network = [p for p in model.parameters() if id(p) not in bn]
     if stage != "softmax":  # the metric stages train the backbone alone (no fc)
@@ -374,7 +392,8 @@ def train_torch(stage, cfg, state, batches, lr, proxies=None, on_step=None, nati
         for group in optimizer.param_groups:
             group["lr"] = float(lr[step]) * group["scale"]
         optimizer.zero_grad()
-        loss = loss_fn(model, torch.tensor(np.asarray(x, np.float32)), torch.tensor(np.asarray(y, np.int64)))
+        loss = loss_fn(model, torch.tensor(np.asarray(x, np.float32), dtype=dtype),
+                       torch.tensor(np.asarray(y, np.int64)))
         loss.backward()
         optimizer.step()
         if on_step:
@@ -475,7 +494,7 @@ def worker(side, job_path):
             state = one_ulp_away(state)
         start, final = train_torch(job["stage"], cfg, state, batches, inputs["lr"], proxies, on_step,
                                    native_conv=side.startswith("torch_native"), snapshots="final" not in job,
-                                   moments=keep_moments, before_step=before_step)
+                                   moments=keep_moments, before_step=before_step, float64=side == FLOAT64)
         if "final" in job:
             np.savez(job["final"], **final)
     np.savez(os.path.join(job["out"], f"{side}_step000.npz"), **start)
@@ -631,8 +650,7 @@ def markdown(results, header, floors=FLOORS):
                    ("worst step: max rel diff of the step's update (ours' worst tensor)", "max_rel_step_update_diff",
                     "max_rel_step_update_diff_tensor")]
     else:
-        cells = "ours against PyTorch / PyTorch with its native convolutions against PyTorch (oneDNN's) / PyTorch " \
-                "from the start moved by one float32 ulp against PyTorch"
+        cells = " / ".join(["ours against PyTorch"] + [FLOOR_CELLS[side] for side in floors])
         columns = [("step 1: rel loss diff", "step1_rel_loss_diff", None),
                    ("step 1: max rel param diff", "step1_rel_param_diff", None),
                    ("all steps: max rel loss diff", "max_rel_loss_diff", None),
@@ -744,6 +762,9 @@ def parse_args(argv=None):
                         help="ours and PyTorch with its native convolutions take each step from PyTorch's state "
                              "after the step before (parameters, moving statistics, momentum buffers): each step's "
                              "own difference, where the default runs carry every difference on")
+    parser.add_argument("--float64", action="store_true",
+                        help="one more floor: PyTorch in float64 against PyTorch in float32 (how far PyTorch's "
+                             "float32 run is from the exact trajectory)")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--markdown", help="write the table here (e.g. bench/parity_results.md)")
     parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "metric_learn_parity_data"))
@@ -757,6 +778,8 @@ def parse_args(argv=None):
         parser.error(f"--pretrain-steps must be at least 1, got {args.pretrain_steps}")
     if args.resync and args.write_fixture:
         parser.error("--resync does not apply to --write-fixture (the fixture keeps the free runs)")
+    if args.float64 and (args.resync or args.write_fixture):
+        parser.error("--float64 is a floor of the free runs: not with --resync or --write-fixture")
     from src.runtime.config import ConfigError, parse_overrides
 
     try:  # a bad --set fails here, not after the start's training
@@ -799,6 +822,8 @@ def main(argv=None):
                        env=dict(os.environ, PYTHONPATH=ROOT, GLOG_v="3"), capture_output=True)
         # --resync: PyTorch's run first, its states (with momentum) are where the others take each step from
         sides, ours, floors = (("torch",) + RESYNC, RESYNC[0], RESYNC[1:]) if args.resync else (SIDES, "ms", FLOORS)
+        if args.float64:
+            sides, floors = sides + (FLOAT64,), floors + (FLOAT64,)
         results = {}
         for stage in args.stages:
             cfg, _, out, timing = run_stage(stage, args, data, images, state, ckpt, work, sides)

@@ -290,9 +290,32 @@ def test_a_resync_step_is_compared_from_pytorchs_state_before_it(tmp_path):
     (["--pretrain-steps", "0"], "--pretrain-steps must be at least 1, got 0"),
     (["--resync", "--write-fixture", "f.npz"], "--resync does not apply to --write-fixture"),
     (["--set", "lr_maximum=0.03"], "--set: override: unknown key 'lr_maximum'"),
+    (["--float64", "--resync"], "--float64 is a floor of the free runs: not with --resync or --write-fixture"),
 ])
 def test_bad_arguments_stop_before_any_run(argv, message, capsys):
     with pytest.raises(SystemExit) as stopped:
         parity_torch.parse_args(argv)
     assert stopped.value.code == 2
     assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_the_table_gives_each_floor_a_value_in_every_cell_in_the_order_it_names_them():
+    """--float64 adds PyTorch in float64 as a third floor: each cell holds ours, then every floor, in the order the
+    cell line names them."""
+    floors = parity_torch.FLOORS + (parity_torch.FLOAT64,)
+    keys = ("step1_rel_loss_diff", "step1_rel_param_diff", "max_rel_loss_diff", "max_rel_param_diff")
+
+    def run(value):
+        return {key: value for key in keys} | {"first_parting": {"step": round(value * 1e4), "what": "loss"}}
+
+    values = {"ms": 1e-4, "torch_native": 2e-4, "torch_ulp": 3e-4, "torch_f64": 4e-4}
+    results = {"softmax": run(values["ms"]) | {"steps": 20, "batch_size": 60, "max_rel_param_diff_tensor": "fc.weight"}
+               | {side: run(values[side]) for side in floors}}
+    lines = parity_torch.markdown(results, "header", floors).splitlines()
+    assert lines[2] == "Each cell: " + " / ".join(["ours against PyTorch"] + [parity_torch.FLOOR_CELLS[side]
+                                                                              for side in floors]) + "."
+    row = next(line for line in lines if line.startswith("| softmax"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[3:6] == ["1.0e-04 / 2.0e-04 / 3.0e-04 / 4.0e-04"] * 3
+    assert cells[6] == "1.0e-04 / 2.0e-04 / 3.0e-04 / 4.0e-04 (fc.weight)"
+    assert cells[7] == "1 (loss) / 2 (loss) / 3 (loss) / 4 (loss)"
