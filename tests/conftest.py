@@ -8,8 +8,10 @@ if ROOT not in sys.path:
 import src.runtime.env  # noqa: E402,F401
 
 # isort: split
+import fcntl  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
+import subprocess  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -63,3 +65,26 @@ def _remove_tmp_path_of_passed_tests(request):
     yield
     if path is not None and not getattr(request.node, "test_failed", True):
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def untrained_checkpoint(tmp_path_factory):
+    """An untrained ResNet-50's checkpoint (seed 1), written once a test session and shared by its workers (a
+    folder of the session's that pytest-xdist's workers share, a lock for the first to write it): read it, do not
+    write next to it (a module whose runs write beside their checkpoint links it into a folder of its own).
+    Written in a subprocess, so that set_seed does not reach the tests of this process."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the session's, not an older run's
+    path = shared / "untrained_seed1.ckpt"
+    with open(shared / "untrained_seed1.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            partial = shared / "untrained_seed1.partial.ckpt"
+            code = (f"import sys; sys.path.insert(0, {ROOT!r}); import src.runtime.env; import mindspore as ms; "
+                    f"from src.models.resnet import ResNet50; ms.set_seed(1); "
+                    f"ms.save_checkpoint(ResNet50(), {str(partial)!r})")
+            proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                                  env=dict(os.environ, GLOG_v="3"))
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            os.replace(partial, path)
+    return str(path)

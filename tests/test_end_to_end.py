@@ -54,31 +54,22 @@ def data(tmp_path_factory):
     return make_retrieval_dataset(str(tmp_path_factory.mktemp("data")))
 
 
-@pytest.fixture(scope="module")
-def untrained(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("init") / "untrained.ckpt")
-    code = (f"import sys, mindspore as ms; sys.path.insert(0, {ROOT!r}); from src.models.resnet import ResNet50; "
-            f"ms.set_seed(1); ms.save_checkpoint(ResNet50(), {path!r})")
-    run([sys.executable, "-c", code])
-    return path
-
-
 def triplet_options(data):
     return ["--loss_name", "triplet", "--dataset_path", data, "--batch_size", "6", "--epoch_size", "2",
             "--save_checkpoint_epochs", "1", "--keep_checkpoint_max", "5", *SMALL]
 
 
 @pytest.fixture(scope="module")
-def recipe(data, untrained, tmp_path_factory):
+def recipe(data, untrained_checkpoint, tmp_path_factory):
     """softmax (from the untrained backbone) -> triplet -> quadruplet, as the seed's two-stage recipe."""
     out = tmp_path_factory.mktemp("recipe")
     logs = {}
     logs["untrained"] = python("eval.py", "--dataset_path", data, "--eval_list", "test.txt", "--ckpt_path",
-                               untrained, *SMALL)
-    logs["softmax"] = python("train.py", "--loss_name", "softmax", "--dataset_path", data, "--ckpt_path", untrained,
-                             "--output_dir", str(out / "softmax"), "--class_num", "8", "--batch_size", "12",
-                             "--epoch_size", "8", "--lr_max", "0.01", "--lr_decay_mode", "const", "--run_eval",
-                             "--eval_list", "test.txt", "--eval_interval", "4", *SMALL)
+                               untrained_checkpoint, *SMALL)
+    logs["softmax"] = python("train.py", "--loss_name", "softmax", "--dataset_path", data, "--ckpt_path",
+                             untrained_checkpoint, "--output_dir", str(out / "softmax"), "--class_num", "8",
+                             "--batch_size", "12", "--epoch_size", "8", "--lr_max", "0.01", "--lr_decay_mode", "const",
+                             "--run_eval", "--eval_list", "test.txt", "--eval_interval", "4", *SMALL)
     # Two epochs with a checkpoint after each: the resume test continues this run from epoch 1.
     logs["triplet"] = python("train.py", *triplet_options(data), "--ckpt_path", final_checkpoint(logs["softmax"]),
                              "--output_dir", str(out / "triplet"))

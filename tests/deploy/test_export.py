@@ -47,12 +47,9 @@ def exported_path(log):
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("init") / "untrained.ckpt")
-    # In a subprocess, so that set_seed does not leak into other tests.
-    run([sys.executable, "-c", "import mindspore as ms; from src.models.resnet import ResNet50; "
-         f"ms.set_seed(1); ms.save_checkpoint(ResNet50(), {path!r})"])
-    return path
+def ckpt(untrained_checkpoint):
+    """The session's untrained checkpoint (tests/conftest.py); the exports write into folders of their own."""
+    return untrained_checkpoint
 
 
 @pytest.fixture(scope="module")

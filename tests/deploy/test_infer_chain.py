@@ -45,13 +45,11 @@ def eval_recall(text):
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory):
+def chain(tmp_path_factory, untrained_checkpoint):
     """Export a MindIR of an untrained checkpoint, run scripts/run_infer_cpu.sh and eval.py on the same list."""
     base = tmp_path_factory.mktemp("chain")
     data = make_retrieval_dataset(str(base / "data"))
-    ckpt = str(base / "untrained.ckpt")
-    run([sys.executable, "-c", "import mindspore as ms; from src.models.resnet import ResNet50; "
-         f"ms.set_seed(1); ms.save_checkpoint(ResNet50(), {ckpt!r})"])
+    ckpt = untrained_checkpoint
     features = str(base / "eval_features.npz")
     # eval.py runs beside the export and the chain: each is mostly one busy core.
     evaluation = start([sys.executable, os.path.join(ROOT, "eval.py"), "--dataset_path", data, "--eval_list",
