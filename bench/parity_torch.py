@@ -94,19 +94,19 @@ PK_STAGES = ("quadruplet", "multisimilarity")
 # And PyTorch itself from a start one float32 ulp away: how far rounding alone carries a stage's trajectory,
 # whatever the kernels. The two floors are compared with PyTorch as ours is.
 FLOORS = ("torch_native", "torch_ulp")
+# --float64: PyTorch in float64 as one more floor of the free runs (a side takes about 3.7x a float32 side's time).
+FLOAT64 = "torch_f64"
 FLOOR_NAMES = {"torch_native": "PyTorch with its native convolutions", "torch_ulp": "PyTorch from a start one ulp away",
-               "torch_f64": "PyTorch in float64"}
+               FLOAT64: "PyTorch in float64"}
 # Each floor as a table's cell line names it (what it is, against PyTorch in float32 with oneDNN's kernels).
 FLOOR_CELLS = {"torch_native": "PyTorch with its native convolutions against PyTorch (oneDNN's)",
                "torch_ulp": "PyTorch from the start moved by one float32 ulp against PyTorch",
-               "torch_f64": "PyTorch in float64 against PyTorch (float32)"}
+               FLOAT64: "PyTorch in float64 against PyTorch (float32)"}
 SIDES = ("ms", "torch") + FLOORS
 # --resync: ours, and PyTorch with its native convolutions (the floor), take every step from PyTorch's state after
 # the step before (parameters, moving statistics, momentum buffers): each step's difference alone, not carried on.
 RESYNC = ("ms_resync", "torch_native_resync")
 FLOOR_NAMES["torch_native_resync"] = FLOOR_NAMES["torch_native"]
-# --float64: PyTorch in float64 as one more floor of the free runs (about 3x a float32 side's time).
-FLOAT64 = "torch_f64"
 LOSS_TOL, PARAM_TOL = 1e-4, 1e-3
 DATA = {"grid": 4, "test_regions": 3, "views": 10, "rotation": 180.0, "flip": True}
 # The suite's fixture: 2 steps at 32 px, batch 12, and a weight decay large enough (0.01) that a parameter decayed
