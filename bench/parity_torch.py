@@ -94,7 +94,7 @@ PK_STAGES = ("quadruplet", "multisimilarity")
 # And PyTorch itself from a start one float32 ulp away: how far rounding alone carries a stage's trajectory,
 # whatever the kernels. The two floors are compared with PyTorch as ours is.
 FLOORS = ("torch_native", "torch_ulp")
-# --float64: PyTorch in float64 as one more floor of the free runs (a side takes about 3.7x a float32 side's time).
+# --float64: PyTorch in float64 as one more floor of the free runs (a side takes 3-4x a float32 side's time).
 FLOAT64 = "torch_f64"
 FLOOR_NAMES = {"torch_native": "PyTorch with its native convolutions", "torch_ulp": "PyTorch from a start one ulp away",
                FLOAT64: "PyTorch in float64"}
