@@ -3,11 +3,12 @@
 MindSpore 2.10's CPU BatchNormGrad took twice PyTorch's time, and each ReLU after a BatchNorm is one more
 pass over the tensor each way (bench/train_results.md). `CpuBatchNorm2d` is an nn.BatchNorm2d (same
 parameters, names and checkpoints) that, in training with batch statistics, computes BatchNorm and the ReLU
-that follows it (`relu=True`) in one custom kernel, its gradient in another, and assigns the moving
-statistics the kernel returns (MindSpore's convention: momentum * moving + (1 - momentum) * batch, the
-unbiased batch variance). In inference, or frozen (use_batch_statistics=False), it is nn.BatchNorm2d's own
-computation followed by the ReLU. Built with the convolution kernels (src/models/onednn_build.py); chosen
-with them by config key `cpu_conv`.
+that follows it (`relu=True`) in one custom kernel, its gradient in another; the forward kernel updates the
+moving statistics in place, in the Parameters' own memory (MindSpore's convention: momentum * moving +
+(1 - momentum) * batch, the unbiased batch variance). Nothing else in a training step reads them, and an Assign
+of each (106 in ResNet-50) took graph compilation 4-5 s, about half its time on CPU. In inference, or frozen
+(use_batch_statistics=False), it is nn.BatchNorm2d's own computation followed by the ReLU. Built with the
+convolution kernels (src/models/onednn_build.py); chosen with them by config key `cpu_conv`.
 """
 import mindspore as ms
 from mindspore import Tensor, nn, ops
@@ -57,9 +58,7 @@ class CpuBatchNorm2d(nn.BatchNorm2d):
 
     def construct(self, x):
         if self.training and self.use_batch_statistics is None:
-            y, _, _, moving_mean, moving_variance = self.bn_kernel(x, self.gamma, self.beta, self.moving_mean,
-                                                                   self.moving_variance, self.bn_cfg)
-            y = ops.depend(y, ops.assign(self.moving_mean, moving_mean))
-            return ops.depend(y, ops.assign(self.moving_variance, moving_variance))
+            # The kernel writes the new moving statistics into self.moving_mean / self.moving_variance.
+            return self.bn_kernel(x, self.gamma, self.beta, self.moving_mean, self.moving_variance, self.bn_cfg)[0]
         y = super().construct(x)
         return self.relu_op(y) if self.relu else y
