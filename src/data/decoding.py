@@ -20,7 +20,7 @@ def load_image(path, where=None):
     """
     listed = f" (listed at {where})" if where else ""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"image not found: {path}{listed}")
+        raise image_not_found(path, where)
     # ANYDEPTH keeps 16 bits, ANYCOLOR keeps grayscale as one channel; unlike IMREAD_UNCHANGED
     # both still apply the EXIF orientation.
     image = cv2.imread(path, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
@@ -40,6 +40,12 @@ def load_image(path, where=None):
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def image_not_found(path, where=None, more=""):
+    """The error of a listed image that is not there: its path, `where` (the list's file:line), then `more`."""
+    listed = f" (listed at {where})" if where else ""
+    return FileNotFoundError(f"image not found: {path}{listed}{more}")
+
+
 def check_files_exist(images):
     """`images` if every listed file exists; else FileNotFoundError naming the first missing one with its list
     line (load_image's message) and how many more are missing. One stat per image (0.19 s for 59,551 files, SOP's
@@ -49,7 +55,7 @@ def check_files_exist(images):
     if missing:
         first = missing[0]
         more = f"; {len(missing) - 1} more of its {len(images)} images are missing too" if len(missing) > 1 else ""
-        raise FileNotFoundError(f"image not found: {images.full_path(first)} (listed at {images.where(first)}){more}")
+        raise image_not_found(images.full_path(first), images.where(first), more)
     return images
 
 

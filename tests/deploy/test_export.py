@@ -47,15 +47,9 @@ def exported_path(log):
 
 
 @pytest.fixture(scope="module")
-def ckpt(untrained_checkpoint):
-    """The session's untrained checkpoint (tests/conftest.py); the exports write into folders of their own."""
-    return untrained_checkpoint
-
-
-@pytest.fixture(scope="module")
-def exported(ckpt, tmp_path_factory):
+def exported(untrained_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
-    common = ("--ckpt_file", ckpt, "--file_name")
+    common = ("--ckpt_file", untrained_checkpoint, "--file_name")
     # Run side by side: each export is mostly one busy core.
     procs = {"mindir": start(export_args(*common, str(out / "plain"))),
              "mindir_l2": start(export_args(*common, str(out / "l2"), "--l2_normalize")),
@@ -83,9 +77,9 @@ def graph_mode():
 
 
 @pytest.fixture(scope="module")
-def reference(ckpt, images, graph_mode):
+def reference(untrained_checkpoint, images, graph_mode):
     """Features of the checkpointed backbone (inference mode), one image at a time like the exported batch-1 graph."""
-    net = build_feature_net(ckpt)
+    net = build_feature_net(untrained_checkpoint)
     return np.concatenate([net(ms.Tensor(x)).asnumpy() for x in images])
 
 
@@ -133,8 +127,9 @@ def one_line_error(log):
     return errors[0]
 
 
-def test_air_is_refused_off_ascend(ckpt, tmp_path):
-    log = export("--ckpt_file", ckpt, "--file_name", str(tmp_path / "net"), "--file_format", "AIR", expect=1)
+def test_air_is_refused_off_ascend(untrained_checkpoint, tmp_path):
+    log = export("--ckpt_file", untrained_checkpoint, "--file_name", str(tmp_path / "net"), "--file_format", "AIR",
+                 expect=1)
     assert re.search(r"AIR export needs --device_target Ascend \(got CPU\)", one_line_error(log))
     assert os.listdir(tmp_path) == []
 
