@@ -8,6 +8,7 @@ import os
 import mindspore as ms
 
 from src.deploy.engines import add_engine_arguments, check_backend, check_threads, extraction_engine
+from src.evaluation.bootstrap import interval_lines, per_query_scores
 from src.evaluation.features import (
     evaluate_backbone,
     evaluate_query_gallery,
@@ -57,6 +58,9 @@ def parse_args(argv=None):
     add_engine_arguments(parser, "what extracts the features on CPU: mindspore (the network itself), or onnxruntime "
                                  "/ openvino on its ONNX export (written once next to the checkpoint and reused)")
     add_recall_ks_argument(parser)
+    parser.add_argument("--ci", action="store_true",
+                        help="also print Recall@1 and MAP@R with 95%% intervals from a bootstrap over the test classes "
+                             "(src/evaluation/bootstrap.py)")
     return parse_with_overrides(parser, argv)
 
 
@@ -108,6 +112,9 @@ def main(argv=None):
         save_image(args.save_retrievals, draw_retrievals(features, labels, paths, root=args.dataset_path))
         logger.info("retrievals drawn to %s", args.save_retrievals)
     print(format_metrics_table(metrics))
+    if args.ci:
+        gallery_features = (extra["gallery_features"], extra["gallery_labels"]) if query_gallery else ()
+        print("\n".join(interval_lines(per_query_scores(features, labels, *gallery_features), labels)))
     print(f"eval_recall: {metrics['recall@1']:.4f}")
     print(f"result: {{'acc': {metrics['recall@1']:.4f}}} ckpt={args.ckpt_path or 'random init'}")
 

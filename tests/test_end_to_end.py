@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from src.data.demo_data import make_retrieval_dataset
+from src.evaluation.bootstrap import interval_lines, per_query_scores
 from src.training.history import read_history
 from tests.paths import ROOT
 
@@ -78,7 +79,7 @@ def recipe(data, untrained_checkpoint, tmp_path_factory):
                                 "--batch_size", "8", "--epoch_size", "1", *SMALL)
     features = str(out / "features.npz")
     logs["eval"] = python("eval.py", "--dataset_path", data, "--eval_list", "test.txt", "--ckpt_path",
-                          final_checkpoint(logs["quadruplet"]), "--save_features", features, *SMALL)
+                          final_checkpoint(logs["quadruplet"]), "--save_features", features, "--ci", *SMALL)
     return out, logs, features
 
 
@@ -137,6 +138,13 @@ def test_eval_metrics_equal_brute_force_on_saved_features(recipe):
                      for i in range(len(r))])
     assert float(table["map@r"]) == pytest.approx(map_r, abs=1e-4)
     assert eval_recall(logs["eval"]) == pytest.approx(hits[:, 0].mean(), abs=1e-4)
+    # --ci: the intervals of the bootstrap over the test classes, around the printed values
+    lines = interval_lines(per_query_scores(saved["features"], labels), labels)
+    assert [line for line in logs["eval"].splitlines() if "_ci " in line] == lines
+    for line, name in zip(lines, ("recall@1", "map@r"), strict=True):
+        value, low, high = map(float, re.fullmatch(rf"{name}_ci  ([0-9.]+)  95% interval \[([0-9.]+), ([0-9.]+)\]",
+                                                   line).groups())
+        assert value == pytest.approx(float(table[name]), abs=1e-4) and low <= value <= high
 
 
 def test_resume_after_epoch_1_matches_an_uninterrupted_run_bit_for_bit(data, recipe, tmp_path):

@@ -50,7 +50,7 @@ _MAX_LISTED = 5
 
 
 def retrieval_metrics(features, labels, ks=DEFAULT_KS, memory_budget_bytes=DEFAULT_MEMORY_BUDGET,
-                      logger=None, num_threads=None):
+                      logger=None, num_threads=None, per_query=False):
     """Leave-one-out retrieval metrics: every item queries all the others.
 
     Args:
@@ -62,9 +62,13 @@ def retrieval_metrics(features, labels, ks=DEFAULT_KS, memory_budget_bytes=DEFAU
         logger: where progress (done/total, rate, ETA every ~10 s) goes; None: no progress.
             Warnings go to this logger, or to the module's logger when None.
         num_threads: threads for the post-processing of each block (default: available cores).
+        per_query: also return each query's own values (what the summary metrics average; the bootstrap
+            intervals of src/evaluation/bootstrap.py resample them).
     Returns:
         dict: "recall@K" for each K, "map@r", "r_precision", "num_queries",
         "num_queries_with_positives" (see the module docstring for the definitions).
+        With per_query: (that dict, {"recall@K": float64 0/1 per query, "map@r": AP@R per query, NaN for a
+        query without positives}).
     """
     labels = _check_labels(labels, features, "features", "labels")
     if len(labels) < 2:
@@ -73,12 +77,12 @@ def retrieval_metrics(features, labels, ks=DEFAULT_KS, memory_budget_bytes=DEFAU
     class_ids = np.unique(labels, return_inverse=True)[1].reshape(-1)
     return _evaluate(gallery, gallery, class_ids, class_ids, leave_one_out=True, ks=ks,
                      memory_budget_bytes=memory_budget_bytes, progress_logger=logger,
-                     num_threads=num_threads)
+                     num_threads=num_threads, per_query=per_query)
 
 
 def query_gallery_metrics(query_features, query_labels, gallery_features, gallery_labels,
                           ks=DEFAULT_KS, memory_budget_bytes=DEFAULT_MEMORY_BUDGET, logger=None,
-                          num_threads=None):
+                          num_threads=None, per_query=False):
     """Query/gallery retrieval metrics: each query ranks the whole gallery (no self-exclusion).
 
     R of a query is the number of gallery items with its label. Arguments and returned keys as
@@ -100,7 +104,7 @@ def query_gallery_metrics(query_features, query_labels, gallery_features, galler
     return _evaluate(queries, gallery, class_ids[:len(query_labels)],
                      class_ids[len(query_labels):], leave_one_out=False, ks=ks,
                      memory_budget_bytes=memory_budget_bytes, progress_logger=logger,
-                     num_threads=num_threads)
+                     num_threads=num_threads, per_query=per_query)
 
 
 class NoPositivesError(ValueError):
@@ -226,7 +230,7 @@ def _clip_ks(ks, gallery_size, log):
 
 
 def _evaluate(queries, gallery, query_class, gallery_class, leave_one_out, ks,
-              memory_budget_bytes, progress_logger, num_threads):
+              memory_budget_bytes, progress_logger, num_threads, per_query=False):
     """The shared core: rank of the best positive, AP@R and R-precision for every query."""
     from src.evaluation.metrics_kernel import score_rows  # numba: compiled once per machine, then loaded from its cache
 
@@ -297,7 +301,11 @@ def _evaluate(queries, gallery, query_class, gallery_class, leave_one_out, ks,
     metrics["r_precision"] = float(r_precision[has_pos].mean()) if num_with_pos else math.nan
     metrics["num_queries"] = int(num_queries)
     metrics["num_queries_with_positives"] = num_with_pos
-    return metrics
+    if not per_query:
+        return metrics
+    scores = {f"recall@{k}": (best_rank < clipped).astype(np.float64) for k, clipped in ks.items()}
+    scores["map@r"] = np.where(has_pos, average_precision, np.nan)
+    return metrics, scores
 
 
 def _first_equal_row(x):

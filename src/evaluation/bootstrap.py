@@ -1,0 +1,150 @@
+"""95% intervals of retrieval metrics, and of the gain of one model over another, by a bootstrap over classes.
+
+The images of one product are not independent samples (they are views of one object and retrieve each other), so
+the resampled unit is the class (a test product), not the image: each replicate draws as many classes as the test
+set has, with replacement, and a class drawn c times counts each of its queries c times. The gallery stays the
+whole test set (the ranking of each query is computed once, by src/evaluation/metrics.py with per_query=True);
+only which queries are averaged is resampled. A metric's replicate is the weighted mean of its per-query values
+over the queries that count for it (MAP@R: the queries with positives).
+
+A *paired* interval resamples the same classes for both models in each replicate and takes the difference, so a
+class that is hard for both does not widen the interval of the gain: identical models give a gain of exactly 0
+with a zero-width interval. Intervals are percentile intervals of `resamples` replicates from a fixed `seed`.
+
+    python -m src.evaluation.bootstrap A.npz [B.npz]   # eval.py --save_features files: intervals (and B - A)
+"""
+import argparse
+import math
+
+import numpy as np
+
+from src.evaluation.metrics import query_gallery_metrics, retrieval_metrics
+
+DEFAULT_RESAMPLES = 2000
+DEFAULT_LEVEL = 0.95
+DEFAULT_SEED = 0
+METRICS = ("recall@1", "map@r")
+
+
+def class_draws(classes, resamples=DEFAULT_RESAMPLES, seed=DEFAULT_SEED):
+    """(counts (resamples, C): how often each of the C classes is drawn per replicate, class index of each query).
+
+    `classes`: the class label of each query. Each replicate draws C classes uniformly with replacement."""
+    names, index = np.unique(np.asarray(classes), return_inverse=True)
+    if len(names) < 2:
+        raise ValueError(f"a bootstrap over classes needs at least 2 classes, got {len(names)}")
+    if resamples < 1:
+        raise ValueError(f"resamples must be >= 1, got {resamples}")
+    counts = np.random.default_rng(seed).multinomial(len(names), np.full(len(names), 1.0 / len(names)),
+                                                     size=int(resamples))
+    return counts.astype(np.float64), index.reshape(-1)
+
+
+def _replicates(values, counts, index):
+    """The metric of every replicate: sum over classes of count x (sum of the class's values) / (its queries)."""
+    values = np.asarray(values, np.float64)
+    if values.shape != index.shape:
+        raise ValueError(f"{len(values)} per-query values for {len(index)} queries")
+    valid = ~np.isnan(values)
+    num_classes = counts.shape[1]
+    sums = np.bincount(index, weights=np.where(valid, values, 0.0), minlength=num_classes)
+    sizes = np.bincount(index, weights=valid.astype(np.float64), minlength=num_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (counts @ sums) / (counts @ sizes)  # NaN for a replicate that drew no query that counts
+
+
+def _interval(estimate, replicates, level):
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    replicates = replicates[~np.isnan(replicates)]
+    if not len(replicates):
+        return estimate, math.nan, math.nan
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(replicates, [tail, 100 - tail])
+    return estimate, float(low), float(high)
+
+
+def _mean(values):
+    values = np.asarray(values, np.float64)
+    return float(np.nanmean(values)) if np.any(~np.isnan(values)) else math.nan
+
+
+def metric_interval(values, classes, resamples=DEFAULT_RESAMPLES, level=DEFAULT_LEVEL, seed=DEFAULT_SEED):
+    """(estimate, low, high) of the mean of per-query `values` (NaN: the query does not count)."""
+    counts, index = class_draws(classes, resamples, seed)
+    return _interval(_mean(values), _replicates(values, counts, index), level)
+
+
+def paired_gain_interval(before, after, classes, resamples=DEFAULT_RESAMPLES, level=DEFAULT_LEVEL,
+                         seed=DEFAULT_SEED):
+    """(gain, low, high) of mean(after) - mean(before), both models' queries resampled by the same classes."""
+    before, after = np.asarray(before, np.float64), np.asarray(after, np.float64)
+    if before.shape != after.shape or not np.array_equal(np.isnan(before), np.isnan(after)):
+        raise ValueError("the two models' per-query values must cover the same queries (same list, same order)")
+    counts, index = class_draws(classes, resamples, seed)
+    gains = _replicates(after, counts, index) - _replicates(before, counts, index)
+    return _interval(_mean(after) - _mean(before), gains, level)
+
+
+def per_query_scores(features, labels, gallery_features=None, gallery_labels=None):
+    """The per-query Recall@1 (0/1) and AP@R of leave-one-out retrieval (or of queries against a gallery)."""
+    if gallery_features is None:
+        return retrieval_metrics(features, labels, ks=(1,), per_query=True)[1]
+    return query_gallery_metrics(features, labels, gallery_features, gallery_labels, ks=(1,), per_query=True)[1]
+
+
+def format_interval(name, estimate, low, high, level=DEFAULT_LEVEL, signed=False):
+    """`name  0.4877  [0.4512, 0.5230]` (95% interval), the estimate with a sign for a gain."""
+    value = f"{estimate:+.4f}" if signed else f"{estimate:.4f}"
+    bounds = f"[{low:+.4f}, {high:+.4f}]" if signed else f"[{low:.4f}, {high:.4f}]"
+    return f"{name}  {value}  {int(round(level * 100))}% interval {bounds}"
+
+
+def interval_lines(scores, classes, resamples=DEFAULT_RESAMPLES, level=DEFAULT_LEVEL, seed=DEFAULT_SEED):
+    """One line per metric of METRICS: its value and interval."""
+    return [format_interval(f"{name}_ci", *metric_interval(scores[name], classes, resamples, level, seed), level)
+            for name in METRICS]
+
+
+def gain_lines(before, after, classes, resamples=DEFAULT_RESAMPLES, level=DEFAULT_LEVEL, seed=DEFAULT_SEED):
+    """One line per metric of METRICS: the gain of `after` over `before` and its paired interval."""
+    return [format_interval(f"{name}_gain", *paired_gain_interval(before[name], after[name], classes, resamples,
+                                                                  level, seed), level, signed=True)
+            for name in METRICS]
+
+
+def _load_scores(path):
+    with np.load(path, allow_pickle=False) as data:
+        if "gallery_features" in data:
+            labels = data["labels"]
+            return per_query_scores(data["features"], labels, data["gallery_features"], data["gallery_labels"]), labels
+        return per_query_scores(data["features"], data["labels"]), data["labels"]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m src.evaluation.bootstrap",
+        description="Recall@1 and MAP@R with 95%% intervals (bootstrap over classes) from eval.py --save_features "
+                    "files; with two files, also the second's gain over the first with a paired interval.")
+    parser.add_argument("features", nargs="+", metavar="NPZ", help="one or two eval.py --save_features files")
+    parser.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    args = parser.parse_args(argv)
+    if len(args.features) > 2:
+        parser.error(f"one or two feature files, got {len(args.features)}")
+    loaded = [_load_scores(path) for path in args.features]
+    classes = loaded[0][1]
+    if len(loaded) == 2 and not np.array_equal(loaded[1][1], classes):
+        raise ValueError(f"{args.features[0]} and {args.features[1]} hold different query lists")
+    for path, (scores, _) in zip(args.features, loaded, strict=True):
+        print(f"# {path}")
+        print("\n".join(interval_lines(scores, classes, args.resamples, seed=args.seed)))
+    if len(loaded) == 2:
+        print(f"# {args.features[1]} - {args.features[0]} (paired)")
+        print("\n".join(gain_lines(loaded[0][0], loaded[1][0], classes, args.resamples, seed=args.seed)))
+
+
+if __name__ == "__main__":
+    from src.runtime.cli import run
+
+    run(main)
