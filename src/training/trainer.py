@@ -15,7 +15,8 @@ from src.evaluation.features import (
     read_checked_list,
     read_checked_query_gallery,
 )
-from src.losses.factory import PROXY_LOSSES, create_loss
+from src.losses.factory import create_loss
+from src.losses.registry import IN_NETWORK, get_stage
 from src.models import onednn_build
 from src.models.checkpoint import (
     load_backbone_checkpoint,
@@ -35,8 +36,6 @@ from src.training.lr_generator import get_lr
 from src.training.sink_mode import resolve_plan
 
 logger = get_logger()
-
-CLASSIFICATION_STAGES = ("softmax",)
 
 
 @dataclass
@@ -59,12 +58,13 @@ class TrainRequest:
 
 
 def build_network(loss_name, cfg):
-    """(network trained by Model, backbone inside it). Softmax trains backbone + head; arcmargin's class
-    weights live in its loss; triplet / quadruplet train the backbone alone (the seed's net.backbone).
+    """(network trained by Model, backbone inside it). A stage whose registry entry has its classes in the network
+    (softmax) trains backbone + head; every other trains the backbone alone (the seed's net.backbone): class weights
+    or proxies (arcmargin, ...) live in the loss.
     cfg.backbone_padding must be resolved (same or symmetric). The convolutions: cfg.cpu_conv on CPU
     (src/models/onednn_conv.py), MindSpore's elsewhere."""
     conv = onednn_build.resolve(cfg.cpu_conv, ms.get_context("device_target"))
-    if loss_name in CLASSIFICATION_STAGES:
+    if get_stage(loss_name).classes == IN_NETWORK:
         net = resnet50(cfg.class_num, cfg.backbone_padding, conv=conv, **head_options(cfg))
         return net, net.backbone
     backbone = backbone_from_config(cfg, cfg.backbone_padding, conv)
@@ -107,7 +107,7 @@ def resume_point(ckpt_path):
 
 
 def _check_class_num(loss_name, cfg, images):
-    if loss_name in CLASSIFICATION_STAGES + PROXY_LOSSES and images.num_classes > cfg.class_num:
+    if get_stage(loss_name).counts_classes and images.num_classes > cfg.class_num:
         raise ValueError(f"{images.list_file} has {images.num_classes} classes but class_num={cfg.class_num}; "
                          f"set class_num={images.num_classes}")
 
@@ -142,13 +142,15 @@ def build_training(loss_name, cfg, steps_per_epoch, ckpt_path=None):
     if cfg.freeze_bn:
         logger.info("BatchNorm frozen: %d layers normalise with their moving statistics and keep them",
                     freeze_batchnorm(backbone))
+    stage = get_stage(loss_name)
     loss = create_loss(loss_name, cfg)
     lr = get_lr(cfg.lr_init, cfg.lr_end, cfg.lr_max, cfg.warmup_epochs, cfg.epoch_size, steps_per_epoch,
                 cfg.lr_decay_mode)
     if len(lr) < cfg.epoch_size * steps_per_epoch:
         raise ValueError(f"learning-rate array has {len(lr)} entries, needs {cfg.epoch_size * steps_per_epoch}")
     fused = onednn_build.resolve(cfg.cpu_conv, ms.get_context("device_target")) == "onednn"
-    optimizer = momentum_optimizer(parameter_groups(network, loss, lr, cfg.weight_decay, cfg.proxy_lr_multiplier),
+    multiplier = getattr(cfg, stage.lr_multiplier_key) if stage.lr_multiplier_key else 1.0
+    optimizer = momentum_optimizer(parameter_groups(network, loss, lr, cfg.weight_decay, multiplier),
                                    ms.Tensor(lr), cfg.momentum, cfg.weight_decay, float(cfg.loss_scale), fused)
     model = Model(network, loss_fn=loss, optimizer=optimizer, amp_level=cfg.amp_level,
                   loss_scale_manager=FixedLossScaleManager(float(cfg.loss_scale), drop_overflow_update=False))
@@ -180,10 +182,11 @@ def train(request, cfg):
     start_epoch, start_step = resume_point(request.resume) if request.resume else (0, 0)
     if start_epoch >= cfg.epoch_size:
         raise ValueError(f"{request.resume} already completed {start_epoch} epochs of epoch_size={cfg.epoch_size}")
-    # Training stages continue the data order at the resumed epoch.
-    dataset = create_dataset(request.dataset_path, images, cfg.batch_size, cfg.image_size, request.loss_name,
-                             seed=cfg.seed, start_epoch=start_epoch, rank=request.rank,
-                             group_size=request.group_size, num_parallel_workers=cfg.num_parallel_workers,
+    # The stage's batch layout; a resumed run continues the data order at its epoch.
+    layout = get_stage(request.loss_name).layout
+    dataset = create_dataset(request.dataset_path, images, cfg.batch_size, cfg.image_size, layout, seed=cfg.seed,
+                             start_epoch=start_epoch, rank=request.rank, group_size=request.group_size,
+                             num_parallel_workers=cfg.num_parallel_workers,
                              samples_each_class=cfg.get("samples_each_class", 2), hflip=cfg.hflip,
                              skip_bad=cfg.skip_bad, crop_scale_min=cfg.crop_scale_min)
     steps_per_epoch = dataset.get_dataset_size()
