@@ -18,6 +18,7 @@ from src.evaluation.features import (
 )
 from src.evaluation.metrics import format_metrics_table
 from src.evaluation.visualize import draw_retrievals, save_image
+from src.losses.registry import LOSS_NAMES
 from src.models import onednn_build
 from src.models.checkpoint import load_backbone_checkpoint, resolve_padding
 from src.models.resnet import CONVENTION_KEY, backbone_from_config, head_options
@@ -49,7 +50,7 @@ def parse_args(argv=None):
                         help="evaluate a randomly initialised backbone (config key seed): the untrained baseline")
     parser.add_argument("--eval_list", default="test_half.txt", help="evaluation list inside dataset_path")
     add_query_gallery_arguments(parser)
-    parser.add_argument("--loss_name", default="triplet",
+    parser.add_argument("--loss_name", default="triplet", choices=LOSS_NAMES,
                         help="stage whose config supplies image_size / eval settings (seed's optional argument)")
     parser.add_argument("--save_features", default=None, help="write features, labels and paths to this .npz")
     parser.add_argument("--save_retrievals", default=None, metavar="PNG",

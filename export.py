@@ -3,6 +3,7 @@ import src.runtime.env  # noqa: F401  (first: CPU dispatch and BLAS kernel, befo
 
 # isort: split
 from src.deploy.export import EXPORT_FORMATS, build_feature_net, check_export_format, export_network
+from src.losses.registry import LOSS_NAMES
 from src.models.resnet import head_options
 from src.runtime.cli import add_common_arguments, load_stage_config, make_parser, parse_with_overrides, run
 from src.runtime.context import init_context
@@ -23,7 +24,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch_size", type=int, default=1,
                         help="batch of the exported input (not the config's training batch_size)")
     parser.add_argument("--l2_normalize", action="store_true", help="append x / sqrt(sum(x^2) + eps) to the output")
-    parser.add_argument("--loss_name", default="triplet", help="stage whose config supplies image_size")
+    parser.add_argument("--loss_name", default="triplet", choices=LOSS_NAMES,
+                        help="stage whose config supplies image_size")
     return parse_with_overrides(parser, argv)
 
 

@@ -5,6 +5,7 @@ import src.runtime.env  # noqa: F401  (first: CPU dispatch and BLAS kernel, befo
 import os
 
 from src.deploy.infer_data import IMAGE_DIR, LABEL_DIR, preprocess_eval_list
+from src.losses.registry import LOSS_NAMES
 from src.runtime.cli import add_common_arguments, load_stage_config, make_parser, parse_with_overrides, run
 from src.runtime.log import get_logger
 
@@ -18,7 +19,7 @@ def parse_args(argv=None):
     parser.add_argument("--eval_list", default="test_half.txt", help="evaluation list inside dataset_path")
     parser.add_argument("--output_path", default="./preprocess_Result",
                         help=f"gets {IMAGE_DIR}/ and {LABEL_DIR}/ (an earlier output there is replaced)")
-    parser.add_argument("--loss_name", default="triplet",
+    parser.add_argument("--loss_name", default="triplet", choices=LOSS_NAMES,
                         help="stage whose config supplies image_size / eval_resize / skip_bad")
     return parse_with_overrides(parser, argv)
 

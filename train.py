@@ -4,7 +4,7 @@ import src.runtime.env  # noqa: F401  (first: CPU dispatch and BLAS kernel, befo
 # isort: split
 import os
 
-from src.losses.factory import LOSS_NAMES
+from src.losses.registry import LOSS_NAMES, names_by_role
 from src.runtime.cli import (
     add_common_arguments,
     add_query_gallery_arguments,
@@ -23,7 +23,9 @@ logger = get_logger()
 
 def parse_args(argv=None):
     parser = make_parser("Train ResNet-50 for image retrieval on Stanford Online Products.")
-    parser.add_argument("--loss_name", required=True, choices=LOSS_NAMES)
+    parser.add_argument("--loss_name", required=True, choices=LOSS_NAMES,
+                        help="the stage, named by its loss: " + "; ".join(
+                            f"{role} {', '.join(names)}" for role, names in names_by_role().items()))
     add_common_arguments(parser)
     parser.add_argument("--device_id", type=int, default=None, help="standalone device (default $DEVICE_ID or 0)")
     parser.add_argument("--dataset_path", required=True, help="folder the list paths are relative to")

@@ -1,7 +1,7 @@
 """Images/s of the training input pipeline next to a plain single-process OpenCV loop doing the same work.
 
 Usage: python bench/bench_data.py [--images 200] [--image-size 224] [--workers 1 2]
-Generates ~500x500 JPEGs in a temporary folder, then times create_dataset("softmax") (decode,
+Generates ~500x500 JPEGs in a temporary folder, then times create_dataset("shuffle") (decode,
 RandomResizedCrop, flip, normalise, CHW, batch) per worker count against cv2 calls in a loop.
 """
 import os
@@ -57,7 +57,7 @@ def plain_loop(folder, count, size, rounds):
 
 def pipeline(folder, size, batch_size, workers, epochs, processes=True):
     """Images/s over `epochs` epochs after a first, untimed one (worker start-up)."""
-    dataset = create_dataset(folder, "list.txt", batch_size, size, "softmax", num_parallel_workers=workers,
+    dataset = create_dataset(folder, "list.txt", batch_size, size, "shuffle", num_parallel_workers=workers,
                              python_multiprocessing=processes)
     iterator = dataset.create_tuple_iterator(num_epochs=epochs + 1, output_numpy=True)
     for _ in iterator:

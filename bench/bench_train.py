@@ -7,9 +7,9 @@ Usage:
 
 Ours is what train.py runs for the triplet stage on CPU: `src.training.trainer.train` with
 `load_config("triplet", "CPU")` (ResNet-50 v1.5 backbone, Tripletloss, Momentum, Model with the
-config's amp_level and FixedLossScaleManager) fed by `create_dataset(..., stage="triplet")`; step
+config's amp_level and FixedLossScaleManager) fed by `create_dataset(..., layout="triplets")`; step
 times are those TrainMonitor records (compile step excluded). Feature extraction is
-`extract_features` over `create_dataset(..., stage="eval")`.
+`extract_features` over `create_dataset(..., layout="eval")`.
 
 The reference is written here in PyTorch: the same ResNet-50 v1.5 (23,508,032 parameters), the
 triplet loss on L2-normalised embeddings with sum reduction, SGD momentum 0.9 with weight decay

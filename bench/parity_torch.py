@@ -158,10 +158,11 @@ def pipeline_batches(data, images, cfg, stage):
     """The first cfg.steps batches our pipeline gives this stage ((images float32 NCHW, labels int32) each),
     continuing into the next epochs' orders when one epoch has fewer."""
     from src.data.dataset import create_dataset
+    from src.losses.registry import get_stage
 
     batches, epoch = [], 0
     while len(batches) < cfg.steps:
-        dataset = create_dataset(data, images, cfg.batch_size, cfg.image_size, stage, seed=cfg.seed,
+        dataset = create_dataset(data, images, cfg.batch_size, cfg.image_size, get_stage(stage).layout, seed=cfg.seed,
                                  start_epoch=epoch, num_parallel_workers=1, hflip=cfg.hflip,
                                  samples_each_class=cfg.get("samples_each_class", 2),
                                  crop_scale_min=cfg.crop_scale_min)

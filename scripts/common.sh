@@ -29,10 +29,10 @@ abs_path() {  # abs_path PATH -> absolute path (PATH need not exist)
 need_dir() { [ -d "$1" ] || die_usage "$2 '$1' is not a folder"; }
 need_file() { [ -f "$1" ] || die_usage "$2 '$1' is not a file"; }
 need_int() { [[ "$1" =~ ^[0-9]+$ ]] || die_usage "$2 must be a non-negative integer, got '$1'"; }
-need_loss() {
-  case "$1" in softmax|arcmargin|triplet|quadruplet|multisimilarity|proxyanchor|normsoftmax|npairs|eml) ;; *)
-    die_usage "LOSS_NAME must be softmax, arcmargin, triplet, quadruplet, multisimilarity, proxyanchor, normsoftmax, npairs or eml, got '$1'" ;;
-  esac
+need_loss() {  # need_loss NAME: one of the loss names of src/losses/registry.py (which prints them, one a line)
+  local names
+  names=$("$PYTHON" -m src.losses.registry) || { echo "error: $PYTHON -m src.losses.registry failed" >&2; exit 2; }
+  grep -qxF -- "$1" <<< "$names" || die_usage "LOSS_NAME must be one of $(paste -sd, <<< "$names" | sed 's/,/, /g'), got '$1'"
 }
 
 CKPT_ARGS=()

@@ -1,7 +1,9 @@
 """The shape of src/: every module in a concept package, packages without import cycles, each importable on its own,
-the old `python -m src.<name>` tools still working, and one logger name for everything."""
+the old `python -m src.<name>` tools still working, one logger name for everything, and no branching on a loss name
+outside the registry."""
 import ast
 import os
+import re
 import subprocess
 import sys
 
@@ -159,3 +161,71 @@ def test_no_module_names_its_own_logger():
         with open(os.path.join(SRC, rel), encoding="utf-8") as f:
             text = f.read()
         assert "getLogger(" not in text, f"src/{rel}: log through src.runtime.log.get_logger()"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What a loss name means is decided in src/losses/registry.py alone
+
+REGISTRY = os.path.join("losses", "registry.py")
+ENTRY_SCRIPTS = ("train.py", "eval.py", "export.py", "preprocess.py", "postprocess.py")
+
+
+def loss_name_branches(source, names):
+    """Sorted (line, name) of the places in Python `source` that decide something by a loss name: a string literal
+    equal to one of `names` compared (==, !=, in, ...), used as a dict key or an index, listed in a tuple / list /
+    set, a keyword of dict(...), or a match pattern. Prose (docstrings, messages) and plain values (an argument's
+    default) pass."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        candidates = []
+        if isinstance(node, ast.Compare):
+            candidates = [node.left, *node.comparators]
+        elif isinstance(node, ast.Dict):
+            candidates = [key for key in node.keys if key is not None]
+        elif isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            candidates = node.elts
+        elif isinstance(node, ast.Subscript):
+            candidates = [node.slice]
+        elif isinstance(node, ast.MatchValue):
+            candidates = [node.value]
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict":
+            found |= {(node.lineno, k.arg) for k in node.keywords if k.arg in names}
+        found |= {(c.lineno, c.value) for c in candidates
+                  if isinstance(c, ast.Constant) and isinstance(c.value, str) and c.value in names}
+    return sorted(found)
+
+
+def test_no_package_branches_on_a_loss_name():
+    """src/ and the entry scripts ask the registry (its entry's layout, classes, ...) instead of comparing names; the
+    launch scripts list no names of their own (scripts/common.sh asks `python -m src.losses.registry`)."""
+    from src.losses.registry import LOSS_NAMES
+
+    paths = [os.path.join(SRC, rel) for rel in python_files() if rel != REGISTRY]
+    paths += [os.path.join(ROOT, name) for name in ENTRY_SCRIPTS]
+    found = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            found += [f"{os.path.relpath(path, ROOT)}:{line}: {name!r}"
+                      for line, name in loss_name_branches(f.read(), LOSS_NAMES)]
+    assert found == [], "branches on a loss name outside src/losses/registry.py:\n" + "\n".join(found)
+    scripts = os.path.join(ROOT, "scripts")
+    for name in sorted(os.listdir(scripts)):
+        if name.endswith(".sh"):
+            with open(os.path.join(scripts, name), encoding="utf-8") as f:
+                for number, line in enumerate(f, 1):
+                    named = {word for word in re.findall(r"\w+", line) if word in LOSS_NAMES}
+                    assert len(named) < 3, f"scripts/{name}:{number} lists loss names {sorted(named)}: ask the registry"
+
+
+def test_loss_name_scan_finds_branches_and_passes_prose():
+    names = ("softmax", "triplet", "npairs", "eml")
+    branches = ('if loss_name == "triplet":\n    pass\n', 'HEADS = {"softmax": 1}\n',
+                'ok = name in ("npairs", "eml")\n', 'x = OPTIONS["eml"]\n', 'd = dict(triplet=3)\n',
+                'match name:\n    case "softmax":\n        pass\n', 'if "softmax" != name:\n    pass\n')
+    for source in branches:
+        assert loss_name_branches(source, names), source
+    prose = ('"""Train softmax, then triplet."""\n', 'logger.info("the %s stage", "softmax")\n',
+             'parser.add_argument("--loss_name", default="triplet")\n', 'raise ValueError(f"npairs: {x}")\n',
+             'if layout == "triplets":\n    pass\n')
+    for source in prose:
+        assert loss_name_branches(source, names) == [], source

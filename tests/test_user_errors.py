@@ -1,5 +1,6 @@
 """The last line a user sees for the first errors of a device run: a device this machine lacks, a bad image
-met inside MindSpore's data pipeline, an evaluation list in which no query has a positive."""
+met inside MindSpore's data pipeline, an evaluation list in which no query has a positive, a training run without
+epochs, a checkpoint of another stage given to --resume."""
 import os
 import re
 import shutil
@@ -189,3 +190,51 @@ def test_postprocess_refuses_labels_without_positives(tmp_path):
     assert any(re.search(r"WARNING .*6 of 8 images are the only one of their class: as queries they have no "
                          r"positive, count as misses in Recall@K", line) for line in lines)
     assert "eval_recall:" in (tmp_path / "acc.log").read_text()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training arguments that cannot work: no epochs, a checkpoint of another stage to resume
+
+def test_a_run_without_epochs_is_refused_before_anything_is_written(data, tmp_path):
+    out = tmp_path / "out"
+    lines = run([os.path.join(ROOT, "train.py"), "--loss_name", "triplet", "--dataset_path", data, "--epoch_size",
+                 "-1", "--output_dir", str(out)], expect=1)
+    assert lines[-1].endswith(" ERROR metric_learn: ValueError: epoch_size must be >= 1, got epoch_size=-1"), lines[-3:]
+    assert not out.exists()
+
+
+def fake_checkpoint(path, **entries):
+    """A checkpoint holding one tensor and `entries` (epoch_num, step_num, loss_name, ...) as train.py writes them."""
+    import mindspore as ms
+
+    ms.save_checkpoint([{"name": "conv1.weight", "data": ms.Tensor(np.zeros((2, 3), np.float32))}], str(path),
+                       append_dict=entries)
+    return str(path)
+
+
+def test_resuming_a_checkpoint_of_another_stage_points_to_ckpt_path(data, tmp_path):
+    softmax = fake_checkpoint(tmp_path / "resnet50_softmax-8_16.ckpt", epoch_num=8, step_num=16, loss_name="softmax")
+    out = tmp_path / "out"
+    lines = run([os.path.join(ROOT, "train.py"), "--loss_name", "triplet", "--dataset_path", data, "--epoch_size",
+                 "1", "--resume", softmax, "--output_dir", str(out)], expect=1)
+    assert lines[-1].endswith(f" ERROR metric_learn: ValueError: {softmax} is a checkpoint of the softmax stage "
+                              f"(pre-training), not of triplet: --resume continues an interrupted run of the same "
+                              f"stage; to start the triplet stage from its weights, use --ckpt_path {softmax}"), \
+        lines[-3:]
+    assert not out.exists()
+
+
+def test_the_stage_of_a_checkpoint_to_resume_comes_from_its_entry_then_its_file_name(tmp_path):
+    from src.training.trainer import resume_point
+
+    recorded = fake_checkpoint(tmp_path / "renamed.ckpt", epoch_num=2, step_num=6, loss_name="softmax")
+    with pytest.raises(ValueError, match=r"renamed\.ckpt is a checkpoint of the softmax stage .*--ckpt_path"):
+        resume_point(recorded, "quadruplet")
+    assert resume_point(recorded, "softmax") == (2, 6)
+    # Checkpoints written before the stage entry: the file name's prefix, else no check.
+    old = fake_checkpoint(tmp_path / "resnet50_arcmargin-2_6.ckpt", epoch_num=2, step_num=6)
+    with pytest.raises(ValueError, match=r"of the arcmargin stage \(pre-training\), not of npairs"):
+        resume_point(old, "npairs")
+    assert resume_point(old, "arcmargin") == (2, 6)
+    anonymous = fake_checkpoint(tmp_path / "state.ckpt", epoch_num=2, step_num=6)
+    assert resume_point(anonymous, "eml") == (2, 6)

@@ -1,1 +1,1 @@
-"""The training losses, one module per loss, the helpers they share (common.py), and create_loss (factory.py)."""
+"""The training losses, one module each, their shared helpers, the stage registry by loss name, and create_loss."""

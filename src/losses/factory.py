@@ -9,42 +9,25 @@ equals it in value and gradient (tests/losses/test_pml_reference.py against test
 Label checks that depend on tensor values (a batch without positives or negatives) run inside
 the graph and raise ValueError; they can be turned off with `check_labels=False`.
 """
-from src.losses.arcmargin import ArcMarginloss
-from src.losses.eml import EMLloss
-from src.losses.multisimilarity import MultiSimilarityloss
-from src.losses.normsoftmax import NormSoftmaxloss
-from src.losses.npairs import NPairsloss
-from src.losses.proxyanchor import ProxyAnchorloss
-from src.losses.quadruplet import Quadrupletloss
-from src.losses.softmax import Softmaxloss
-from src.losses.triplet import Tripletloss
+import importlib
+
+from src.losses.registry import get_stage
 from src.models.resnet import feature_dim
 
-LOSS_NAMES = ("softmax", "arcmargin", "triplet", "quadruplet", "multisimilarity", "proxyanchor", "normsoftmax",
-              "npairs", "eml")
-# Losses with class weights or proxies of their own (trained with the network; config key proxy_lr_multiplier).
-PROXY_LOSSES = ("arcmargin", "proxyanchor", "normsoftmax")
+
+def loss_class(loss_name):
+    """The class of `loss_name`'s loss, imported from the module its registry entry names."""
+    module, _, name = get_stage(loss_name).loss_class.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def create_loss(loss_name, cfg):
-    """Build the loss named `loss_name` from a config with the keys of src/configs/*.yaml."""
-    if loss_name == "softmax":
-        return Softmaxloss(cfg.class_num, smooth_factor=cfg.label_smooth_factor)
-    if loss_name == "arcmargin":
-        return ArcMarginloss(cfg.class_num, feature_dim(cfg.embedding_size), scale=cfg.arc_scale,
-                             margin=cfg.arc_margin)
-    if loss_name == "triplet":
-        return Tripletloss(margin=cfg.margin, reduction=cfg.loss_reduction)
-    if loss_name == "quadruplet":
-        return Quadrupletloss(margin=cfg.margin, samples_each_class=cfg.samples_each_class, mining=cfg.mining)
-    if loss_name == "multisimilarity":
-        return MultiSimilarityloss(cfg.alpha, cfg.beta, cfg.base, miner_epsilon=cfg.miner_epsilon)
-    if loss_name == "proxyanchor":
-        return ProxyAnchorloss(cfg.class_num, feature_dim(cfg.embedding_size), margin=cfg.margin, alpha=cfg.alpha)
-    if loss_name == "normsoftmax":
-        return NormSoftmaxloss(cfg.class_num, feature_dim(cfg.embedding_size), temperature=cfg.temperature)
-    if loss_name == "npairs":
-        return NPairsloss(reg_lambda=cfg.reg_lambda)
-    if loss_name == "eml":
-        return EMLloss()
-    raise ValueError(f"unknown loss_name {loss_name!r}; expected one of {', '.join(LOSS_NAMES)}")
+    """Build the loss named `loss_name` from a config with the keys of src/configs/*.yaml: its registry entry
+    (src/losses/registry.py) names the class and the config key of each constructor argument."""
+    stage = get_stage(loss_name)
+    positional = []
+    if stage.takes_class_num:
+        positional.append(cfg.class_num)
+    if stage.takes_feature_dim:
+        positional.append(feature_dim(cfg.embedding_size))
+    return loss_class(loss_name)(*positional, **{arg: getattr(cfg, key) for arg, key in stage.config_keys.items()})

@@ -135,6 +135,7 @@ def save_checkpoint_atomic(net, path, append_dict=None):
 
 
 def read_checkpoint_values(ckpt_path, names):
-    """{name: python scalar} for the scalar entries `names` stored in a checkpoint (e.g. epoch_num)."""
+    """{name: python scalar or string} for the scalar or string entries `names` stored in a checkpoint (epoch_num,
+    the stage's loss_name); names the file does not hold are left out."""
     values = _read_checkpoint(ckpt_path, set(names))
-    return {name: value.asnumpy().item() for name, value in values.items()}
+    return {name: value if isinstance(value, str) else value.asnumpy().item() for name, value in values.items()}

@@ -15,7 +15,8 @@ from src.evaluation.features import (
     read_checked_list,
     read_checked_query_gallery,
 )
-from src.losses.factory import PROXY_LOSSES, create_loss
+from src.losses.factory import create_loss
+from src.losses.registry import IN_NETWORK, LOSS_NAMES, STAGES, get_stage
 from src.models import onednn_build
 from src.models.checkpoint import (
     load_backbone_checkpoint,
@@ -36,7 +37,7 @@ from src.training.sink_mode import resolve_plan
 
 logger = get_logger()
 
-CLASSIFICATION_STAGES = ("softmax",)
+STAGE_KEY = "loss_name"  # checkpoint entry: the stage (its loss name) that wrote it
 
 
 @dataclass
@@ -59,12 +60,13 @@ class TrainRequest:
 
 
 def build_network(loss_name, cfg):
-    """(network trained by Model, backbone inside it). Softmax trains backbone + head; arcmargin's class
-    weights live in its loss; triplet / quadruplet train the backbone alone (the seed's net.backbone).
+    """(network trained by Model, backbone inside it). A stage whose registry entry has its classes in the network
+    (softmax) trains backbone + head; every other trains the backbone alone (the seed's net.backbone): class weights
+    or proxies (arcmargin, ...) live in the loss.
     cfg.backbone_padding must be resolved (same or symmetric). The convolutions: cfg.cpu_conv on CPU
     (src/models/onednn_conv.py), MindSpore's elsewhere."""
     conv = onednn_build.resolve(cfg.cpu_conv, ms.get_context("device_target"))
-    if loss_name in CLASSIFICATION_STAGES:
+    if get_stage(loss_name).classes == IN_NETWORK:
         net = resnet50(cfg.class_num, cfg.backbone_padding, conv=conv, **head_options(cfg))
         return net, net.backbone
     backbone = backbone_from_config(cfg, cfg.backbone_padding, conv)
@@ -97,9 +99,28 @@ def checkpoint_prefix(loss_name):
     return f"resnet50_{loss_name}"
 
 
-def resume_point(ckpt_path):
-    """(epochs completed, global step) recorded by train.py in a checkpoint."""
-    values = read_checkpoint_values(ckpt_path, ("epoch_num", "step_num"))
+def stage_from_file_name(ckpt_path):
+    """The stage whose checkpoint_prefix starts the file's name (resnet50_<loss>-E_S.ckpt), or None."""
+    name = os.path.basename(ckpt_path)
+    return next((loss for loss in LOSS_NAMES if name.startswith(checkpoint_prefix(loss) + "-")), None)
+
+
+def checkpoint_stage(ckpt_path, values):
+    """The stage that wrote a checkpoint: its STAGE_KEY entry (in `values`, read from it), else, for checkpoints
+    written before that entry, its file name's prefix; None when neither says."""
+    return values.get(STAGE_KEY) or stage_from_file_name(ckpt_path)
+
+
+def resume_point(ckpt_path, loss_name):
+    """(epochs completed, global step) recorded by train.py in a checkpoint of the `loss_name` stage; a checkpoint
+    of another stage is an error naming --ckpt_path, which starts a stage from another's weights."""
+    values = read_checkpoint_values(ckpt_path, ("epoch_num", "step_num", STAGE_KEY))
+    stage = checkpoint_stage(ckpt_path, values)
+    if stage is not None and stage != loss_name:
+        role = f" ({STAGES[stage].role})" if stage in STAGES else ""
+        raise ValueError(f"{ckpt_path} is a checkpoint of the {stage} stage{role}, not of {loss_name}: --resume "
+                         f"continues an interrupted run of the same stage; to start the {loss_name} stage from "
+                         f"its weights, use --ckpt_path {ckpt_path}")
     if "epoch_num" not in values or "step_num" not in values:
         raise ValueError(f"{ckpt_path} holds no epoch_num/step_num: not a checkpoint written by train.py, so it "
                          f"cannot be resumed (use --ckpt_path to start from its weights)")
@@ -107,7 +128,7 @@ def resume_point(ckpt_path):
 
 
 def _check_class_num(loss_name, cfg, images):
-    if loss_name in CLASSIFICATION_STAGES + PROXY_LOSSES and images.num_classes > cfg.class_num:
+    if get_stage(loss_name).counts_classes and images.num_classes > cfg.class_num:
         raise ValueError(f"{images.list_file} has {images.num_classes} classes but class_num={cfg.class_num}; "
                          f"set class_num={images.num_classes}")
 
@@ -142,13 +163,15 @@ def build_training(loss_name, cfg, steps_per_epoch, ckpt_path=None):
     if cfg.freeze_bn:
         logger.info("BatchNorm frozen: %d layers normalise with their moving statistics and keep them",
                     freeze_batchnorm(backbone))
+    stage = get_stage(loss_name)
     loss = create_loss(loss_name, cfg)
     lr = get_lr(cfg.lr_init, cfg.lr_end, cfg.lr_max, cfg.warmup_epochs, cfg.epoch_size, steps_per_epoch,
                 cfg.lr_decay_mode)
     if len(lr) < cfg.epoch_size * steps_per_epoch:
         raise ValueError(f"learning-rate array has {len(lr)} entries, needs {cfg.epoch_size * steps_per_epoch}")
     fused = onednn_build.resolve(cfg.cpu_conv, ms.get_context("device_target")) == "onednn"
-    optimizer = momentum_optimizer(parameter_groups(network, loss, lr, cfg.weight_decay, cfg.proxy_lr_multiplier),
+    multiplier = getattr(cfg, stage.lr_multiplier_key) if stage.lr_multiplier_key else 1.0
+    optimizer = momentum_optimizer(parameter_groups(network, loss, lr, cfg.weight_decay, multiplier),
                                    ms.Tensor(lr), cfg.momentum, cfg.weight_decay, float(cfg.loss_scale), fused)
     model = Model(network, loss_fn=loss, optimizer=optimizer, amp_level=cfg.amp_level,
                   loss_scale_manager=FixedLossScaleManager(float(cfg.loss_scale), drop_overflow_update=False))
@@ -157,6 +180,8 @@ def build_training(loss_name, cfg, steps_per_epoch, ckpt_path=None):
 
 def train(request, cfg):
     """Run one training stage. Returns a dict with the final checkpoint path and the best Recall@1."""
+    if cfg.epoch_size < 1:
+        raise ValueError(f"epoch_size must be >= 1, got epoch_size={cfg.epoch_size}")
     is_writer = request.rank == 0
     ckpt_dir = os.path.join(request.output_dir, "ckpt")
     prefix = checkpoint_prefix(request.loss_name)
@@ -165,6 +190,10 @@ def train(request, cfg):
         raise FileExistsError(f"{ckpt_dir} already holds checkpoints of an earlier {request.loss_name} run "
                               f"({', '.join(earlier[:3])}{', ...' if len(earlier) > 3 else ''}); choose another "
                               f"--output_dir, or continue that run with --resume")
+    # A resumed run: its checkpoint's stage and epochs, checked before anything is written.
+    start_epoch, start_step = resume_point(request.resume, request.loss_name) if request.resume else (0, 0)
+    if start_epoch >= cfg.epoch_size:
+        raise ValueError(f"{request.resume} already completed {start_epoch} epochs of epoch_size={cfg.epoch_size}")
     # The convention the weights being loaded were trained with; config.yaml records the resolved value.
     cfg[CONVENTION_KEY] = resolve_padding(cfg[CONVENTION_KEY], [request.ckpt_path, request.resume])
     if is_writer:
@@ -177,13 +206,11 @@ def train(request, cfg):
     if request.run_eval:  # read and checked once: lists that cannot be evaluated fail now, not after an epoch
         eval_lists = (read_checked_query_gallery(request.dataset_path, request.query_list, request.gallery_list, cfg)
                       if request.query_list else read_checked_list(request.dataset_path, request.eval_list, cfg))
-    start_epoch, start_step = resume_point(request.resume) if request.resume else (0, 0)
-    if start_epoch >= cfg.epoch_size:
-        raise ValueError(f"{request.resume} already completed {start_epoch} epochs of epoch_size={cfg.epoch_size}")
-    # Training stages continue the data order at the resumed epoch.
-    dataset = create_dataset(request.dataset_path, images, cfg.batch_size, cfg.image_size, request.loss_name,
-                             seed=cfg.seed, start_epoch=start_epoch, rank=request.rank,
-                             group_size=request.group_size, num_parallel_workers=cfg.num_parallel_workers,
+    # The stage's batch layout; a resumed run continues the data order at its epoch.
+    layout = get_stage(request.loss_name).layout
+    dataset = create_dataset(request.dataset_path, images, cfg.batch_size, cfg.image_size, layout, seed=cfg.seed,
+                             start_epoch=start_epoch, rank=request.rank, group_size=request.group_size,
+                             num_parallel_workers=cfg.num_parallel_workers,
                              samples_each_class=cfg.get("samples_each_class", 2), hflip=cfg.hflip,
                              skip_bad=cfg.skip_bad, crop_scale_min=cfg.crop_scale_min)
     steps_per_epoch = dataset.get_dataset_size()
@@ -193,8 +220,9 @@ def train(request, cfg):
 
     setup = build_training(request.loss_name, cfg, steps_per_epoch, request.ckpt_path)
     network, backbone, model, lr = setup.network, setup.backbone, setup.model, setup.lr
-    # Written into every checkpoint of this run: the network's padding convention and head.
-    marker = {CONVENTION_KEY: cfg[CONVENTION_KEY], **backbone.head_record()}
+    # Written into every checkpoint of this run: its stage (what --resume checks), the network's padding convention
+    # and head.
+    marker = {STAGE_KEY: request.loss_name, CONVENTION_KEY: cfg[CONVENTION_KEY], **backbone.head_record()}
     if request.resume:
         # The per-step learning-rate array comes from this run's config (a resumed run may be given more
         # epochs); the global step restored with the rest indexes into it.

@@ -210,7 +210,7 @@ def test_crop_scale_min_is_checked(tmp_path):
     write_jpeg(tmp_path / "a.jpg")
     listed = write_list(tmp_path / "l.txt", "a.jpg 0\na.jpg 1\n")
     with pytest.raises(ValueError, match="crop_scale_min must be in"):
-        create_dataset(str(tmp_path), listed, 2, 16, "softmax", crop_scale_min=0.0)
+        create_dataset(str(tmp_path), listed, 2, 16, "shuffle", crop_scale_min=0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,12 +257,12 @@ def check_batches(batches, batch_size):
         assert np.array_equal(decode_pixels(image)[0], label)
 
 
-def make(solid_dataset, stage, batch_size, **kwargs):
+def make(solid_dataset, layout, batch_size, **kwargs):
     kwargs.setdefault("num_parallel_workers", 2)
-    return create_dataset(solid_dataset, "list.txt", batch_size, SIZE, stage, **kwargs)
+    return create_dataset(solid_dataset, "list.txt", batch_size, SIZE, layout, **kwargs)
 
 
-def test_eval_stage_reads_the_whole_list_in_order(solid_dataset):
+def test_eval_layout_reads_the_whole_list_in_order(solid_dataset):
     dataset = make(solid_dataset, "eval", 5, num_parallel_workers=1)
     assert dataset.get_dataset_size() == 5
     (batches,) = run_epochs(dataset)
@@ -275,9 +275,8 @@ def test_eval_stage_reads_the_whole_list_in_order(solid_dataset):
     check_batches(batches[:-1], 5)
 
 
-@pytest.mark.parametrize("stage", ["softmax", "arcmargin"])
-def test_shuffled_stages_see_every_image_once(solid_dataset, stage):
-    epochs = run_epochs(make(solid_dataset, stage, 8, seed=1), epochs=2)
+def test_shuffled_batches_see_every_image_once(solid_dataset):
+    epochs = run_epochs(make(solid_dataset, "shuffle", 8, seed=1), epochs=2)
     for batches in epochs:
         check_batches(batches, 8)
         indices = np.concatenate([decode_pixels(image)[1] for image, _ in batches])
@@ -285,8 +284,8 @@ def test_shuffled_stages_see_every_image_once(solid_dataset, stage):
     assert not np.array_equal(epochs[0][0][1], epochs[1][0][1])
 
 
-def test_triplet_stage_batches_hold_whole_triplets(solid_dataset):
-    dataset = make(solid_dataset, "triplet", 6)
+def test_triplets_batches_hold_whole_triplets(solid_dataset):
+    dataset = make(solid_dataset, "triplets", 6)
     assert dataset.get_dataset_size() == 4  # 24 images -> 8 triplets -> 4 batches of 2
     (batches,) = run_epochs(dataset)
     check_batches(batches, 6)
@@ -297,8 +296,9 @@ def test_triplet_stage_batches_hold_whole_triplets(solid_dataset):
         assert np.all(index[:, 0] != index[:, 1])
 
 
-def test_quadruplet_stage_batches_hold_p_classes_of_k(solid_dataset):
-    dataset = make(solid_dataset, "quadruplet", 8, samples_each_class=2)
+@pytest.mark.parametrize("layout", ["pk", "pairs"])
+def test_pk_and_pairs_batches_hold_p_classes_of_k(solid_dataset, layout):
+    dataset = make(solid_dataset, layout, 8, samples_each_class=2)
     assert dataset.get_dataset_size() == 3
     (batches,) = run_epochs(dataset)
     check_batches(batches, 8)
@@ -315,30 +315,33 @@ def test_same_seed_gives_identical_batches_and_resume_continues(solid_dataset):
     def same(a, b):
         return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
-    first, second = map(flat, run_epochs(make(solid_dataset, "triplet", 6, seed=4), epochs=2))
-    again = flat(run_epochs(make(solid_dataset, "triplet", 6, seed=4, num_parallel_workers=1))[0])
-    resumed = flat(run_epochs(make(solid_dataset, "triplet", 6, seed=4, start_epoch=1))[0])
+    first, second = map(flat, run_epochs(make(solid_dataset, "triplets", 6, seed=4), epochs=2))
+    again = flat(run_epochs(make(solid_dataset, "triplets", 6, seed=4, num_parallel_workers=1))[0])
+    resumed = flat(run_epochs(make(solid_dataset, "triplets", 6, seed=4, start_epoch=1))[0])
     assert same(first, again)  # also with another worker count
     assert same(second, resumed)
     assert not same(first, second)
 
 
 def test_distributed_ranks_run_the_same_number_of_steps(solid_dataset):
-    sizes = [make(solid_dataset, "quadruplet", 4, rank=r, group_size=3).get_dataset_size() for r in range(3)]
+    sizes = [make(solid_dataset, "pk", 4, rank=r, group_size=3).get_dataset_size() for r in range(3)]
     assert sizes == [2, 2, 2]
 
 
-@pytest.mark.parametrize("stage,batch_size,kwargs,message", [
-    ("triplet", 8, {}, "batch_size must be a multiple of 3, got batch_size=8"),
-    ("quadruplet", 9, {"samples_each_class": 2}, "batch_size must be a multiple of samples_each_class=2"),
-    ("quadruplet", 16, {}, "P=8 exceeds the 7 classes"),
-    ("softmax", 30, {}, "give no full batch of batch_size=30"),
-    ("train", 6, {}, "stage must be one of"),
+@pytest.mark.parametrize("layout,batch_size,kwargs,message", [
+    ("triplets", 8, {}, "batch_size must be a multiple of 3, got batch_size=8"),
+    ("pk", 9, {"samples_each_class": 2}, "batch_size must be a multiple of samples_each_class=2"),
+    ("pk", 16, {}, "P=8 exceeds the 7 classes"),
+    ("pairs", 9, {"samples_each_class": 3}, r"pairs batches are \(anchor, positive\) pairs: samples_each_class must "
+                                            r"be 2, got 3"),
+    ("shuffle", 30, {}, "give no full batch of batch_size=30"),
+    ("train", 6, {}, "layout must be one of"),
+    ("triplet", 6, {}, "layout must be one of"),  # a loss name: the registry maps it to its layout
     ("eval", 6, {"eval_resize": "fit"}, "eval_resize must be one of"),
 ])
-def test_create_dataset_rejects_bad_arguments(solid_dataset, stage, batch_size, kwargs, message):
+def test_create_dataset_rejects_bad_arguments(solid_dataset, layout, batch_size, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        make(solid_dataset, stage, batch_size, **kwargs)
+        make(solid_dataset, layout, batch_size, **kwargs)
 
 
 @pytest.fixture
@@ -362,17 +365,17 @@ def test_bad_image_fails_the_pipeline_by_default_naming_the_file(dataset_with_ba
         run_epochs(dataset)
 
 
-@pytest.mark.parametrize("stage", ["eval", "softmax"])
-def test_a_missing_file_stops_the_dataset_before_any_batch(dataset_with_bad_files, stage):
+@pytest.mark.parametrize("layout", ["eval", "shuffle"])
+def test_a_missing_file_stops_the_dataset_before_any_batch(dataset_with_bad_files, layout):
     """Named with its list line, and the count of the others missing: before a training run compiles, not when an
     epoch reaches the file."""
     with pytest.raises(FileNotFoundError, match=r"^image not found: .*missing\.jpg \(listed at .*list\.txt:7\)$"):
-        create_dataset(dataset_with_bad_files, "list.txt", 7, SIZE, stage, num_parallel_workers=2)
+        create_dataset(dataset_with_bad_files, "list.txt", 7, SIZE, layout, num_parallel_workers=2)
     root = Path(dataset_with_bad_files)
     (root / "0.jpg").unlink()
     with pytest.raises(FileNotFoundError, match=r"0\.jpg \(listed at .*list\.txt:1\); 1 more of its 7 images "
                                                 r"are missing too$"):
-        create_dataset(dataset_with_bad_files, "list.txt", 7, SIZE, stage, num_parallel_workers=2)
+        create_dataset(dataset_with_bad_files, "list.txt", 7, SIZE, layout, num_parallel_workers=2)
 
 
 def test_skip_bad_drops_and_logs_bad_files(dataset_with_bad_files, caplog):
@@ -391,7 +394,7 @@ def test_augmentation_depends_on_seed_and_epoch_not_on_workers(tmp_path):
     (tmp_path / "list.txt").write_text("".join(f"{i}.jpg {i % 3}\n" for i in range(6)))
 
     def images(seed, workers, start_epoch=0):
-        dataset = create_dataset(str(tmp_path), "list.txt", 6, SIZE, "softmax", seed=seed,
+        dataset = create_dataset(str(tmp_path), "list.txt", 6, SIZE, "shuffle", seed=seed,
                                  start_epoch=start_epoch, num_parallel_workers=workers)
         return run_epochs(dataset, epochs=1)[0][0][0]
 

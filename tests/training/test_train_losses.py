@@ -148,4 +148,6 @@ def test_a_proxy_loss_resumes_bit_for_bit(data, proxyanchor_run, tmp_path):
 def test_npairs_needs_pairs(data, tmp_path):
     log = train("--loss_name", "npairs", "--dataset_path", data, "--output_dir", str(tmp_path), "--batch_size", "9",
                 "--samples_each_class", "3", *SMALL, expect=1)
-    assert "npairs batches are (anchor, positive) pairs: samples_each_class must be 2, got 3" in log.strip()[-300:]
+    # npairs trains on the "pairs" layout (its registry entry), whose K is 2
+    assert "ValueError: pairs batches are (anchor, positive) pairs: samples_each_class must be 2, got 3" in \
+        log.strip()[-300:]
