@@ -1,27 +1,14 @@
-"""Building and choosing the oneDNN convolution kernels (config key `cpu_conv`; the cell: onednn_conv.py).
-
-MindSpore 2.10's CPU Conv2D hands oneDNN plain NCHW tensors, and oneDNN then runs a GEMM-based kernel
-(`x64:gemm:jit`) where PyTorch gets its direct JIT kernels on blocked layouts (`jit:avx512_core`, `jit_1x1`,
-`brgconv`): the convolutions were 316 of the 348 ms by which a training step trailed PyTorch's
-(bench/train_results.md). src/models/onednn_conv.py's `OneDnnConv2d` is an `nn.Conv2d` (same parameter,
-same name, same checkpoints) whose forward and gradients are three MindSpore AOT custom kernels
-(onednn_conv.cc) that let the same oneDNN pick the layout: they reorder the plain tensors in, run its kernel
-and reorder the result back. The same library holds batchnorm.cc's training-mode BatchNorm (+ ReLU) kernels
-(src/models/batchnorm.py's CpuBatchNorm2d), maxpool.cc's max pool (maxpool.py) and the optimizer's update
-(src/training/fused_momentum.cc / .py), chosen with them. This
-module imports no MindSpore until it builds.
+"""Building the CPU kernels' library, and choosing it (config key `cpu_kernels`; what each kernel replaces, why,
+and how it falls back: src/kernels/__init__.py). This module imports no MindSpore until it builds.
 
 Building: at the first use per process, the .cc files (SOURCES) are compiled with the system's C++ compiler (`CXX`,
-else g++ / c++) into a cache folder (METRIC_LEARN_CACHE, else ~/.cache/metric_learn, else a temp folder), with a
-private copy of MindSpore's own libdnnl.so.3 beside it: a copy has its own CPU dispatch, so it runs its AVX-512
-kernels while MindSpore's runs under src/runtime/env.py's AVX2 cap (a cap the user set applies to both). Both
-files are written atomically and named by a hash of what they are built from (MindSpore's library by its content,
-not its path: venvs share them), so concurrent processes (msrun) and upgrades are safe. Where it cannot be
-built (no compiler, no libdnnl.so.3, not Linux x86-64), `resolve` says why in one warning and MindSpore's
-Conv2D is used.
-
-Only CPU: on GPU and Ascend, and in everything exported (export.py builds plain nn.Conv2d), MindSpore's own
-Conv2D runs.
+else g++ / c++) into one library, cpu_kernels-<hash>.so, in the folder cpu_kernels/ of the cache folder
+(METRIC_LEARN_CACHE, else ~/.cache/metric_learn, else a temp folder), with a private copy of MindSpore's own
+libdnnl.so.3 beside it: a copy has its own CPU dispatch, so it runs its AVX-512 kernels while MindSpore's runs
+under src/runtime/env.py's AVX2 cap (a cap the user set applies to both). Both files are written atomically and
+named by a hash of what they are built from (MindSpore's library by its content, not its path: venvs share them),
+so concurrent processes (msrun) and upgrades are safe. Where it cannot be built (no compiler, no libdnnl.so.3, not
+Linux x86-64), `resolve` says why in one warning and MindSpore's own ops are used.
 """
 import hashlib
 import os
@@ -32,29 +19,31 @@ import tempfile
 import threading
 
 from src.runtime import env as runtime_env
+from src.runtime.atomic_file import atomic_path
 from src.runtime.log import get_logger
 
-CONFIG_KEY = "cpu_conv"
-IMPLEMENTATIONS = ("onednn", "mindspore")
+CONFIG_KEY = "cpu_kernels"
+NATIVE, MINDSPORE = "native", "mindspore"  # our kernels | MindSpore's own ops
+IMPLEMENTATIONS = (NATIVE, MINDSPORE)
 _HERE = os.path.dirname(os.path.abspath(__file__))
-# One library: the convolutions (onednn_conv.cc), BatchNorm + ReLU (batchnorm.cc, src/models/batchnorm.py),
-# the max pool (maxpool.cc, src/models/maxpool.py) and the optimizer (src/training/fused_momentum.cc / .py).
-SOURCES = tuple(os.path.join(_HERE, name) for name in ("onednn_conv.cc", "batchnorm.cc", "maxpool.cc",
-                                                       os.path.join("..", "training", "fused_momentum.cc")))
+# One library: the convolutions, BatchNorm + ReLU, the max pool and the optimizer's update.
+SOURCES = tuple(os.path.join(_HERE, name) for name in ("conv.cc", "batchnorm.cc", "maxpool.cc", "momentum.cc"))
 HEADERS = tuple(os.path.join(_HERE, name) for name in ("onednn_api.h", "thread_pool.h"))
 CXXFLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC")
 CACHE_VAR = "METRIC_LEARN_CACHE"
+CACHE_FOLDER = "cpu_kernels"  # inside the cache folder
+LIBRARY_NAME = "cpu_kernels"  # the library: cpu_kernels-<hash>.so
 ONEDNN_LIBRARY = "libdnnl.so.3"
-# Read by onednn_conv.cc at its first call.
-_ENV_LIB, _ENV_THREADS, _ENV_UNCAP = ("METRIC_LEARN_ONEDNN_LIB", "METRIC_LEARN_ONEDNN_THREADS",
-                                      "METRIC_LEARN_ONEDNN_UNCAP")
+# Set by _build, read by the kernels at their first call (conv.cc, thread_pool.h).
+_ENV_LIB, _ENV_THREADS, _ENV_UNCAP = ("METRIC_LEARN_KERNELS_LIB", "METRIC_LEARN_KERNELS_THREADS",
+                                      "METRIC_LEARN_KERNELS_UNCAP")
 
 
 _lock = threading.Lock()
 _state = {"library": None, "error": None, "warned": False}
 
 
-class OneDnnUnavailableError(RuntimeError):
+class KernelsUnavailableError(RuntimeError):
     """The kernels cannot be built or loaded here; the message says why."""
 
 
@@ -65,35 +54,35 @@ def check_implementation(name):
 
 
 def resolve(requested, device_target, threads=None):
-    """The convolution to build networks with: "onednn" where it is asked for, the device is CPU and the
-    kernels build (else one warning saying why), otherwise "mindspore". `threads`: oneDNN's (default: the
+    """The kernels to build networks and the optimizer with: NATIVE where it is asked for, the device is CPU and
+    the library builds (else one warning saying why), otherwise MINDSPORE. `threads`: the kernels' (default: the
     cores this process may use)."""
     check_implementation(requested)
-    if requested != "onednn" or device_target != "CPU":
-        return "mindspore"
+    if requested != NATIVE or device_target != "CPU":
+        return MINDSPORE
     try:
         library(threads)
-    except OneDnnUnavailableError as err:
+    except KernelsUnavailableError as err:
         if not _state["warned"]:
-            get_logger().warning(f"{CONFIG_KEY}: onednn is unavailable ({err}); using MindSpore's Conv2D, "
-                                 f"which is slower on CPU")
+            get_logger().warning(f"{CONFIG_KEY}: {NATIVE} is unavailable ({err}); using MindSpore's Conv2D, "
+                                 f"BatchNorm, MaxPool and nn.Momentum, which are slower on CPU")
             _state["warned"] = True
-        return "mindspore"
-    return "onednn"
+        return MINDSPORE
+    return NATIVE
 
 
 def _cache_dir():
     candidates = [os.environ.get(CACHE_VAR), os.path.join(os.path.expanduser("~"), ".cache", "metric_learn"),
                   os.path.join(tempfile.gettempdir(), f"metric_learn-{os.getuid()}")]
     for folder in filter(None, candidates):
-        folder = os.path.join(folder, "onednn_conv")
+        folder = os.path.join(folder, CACHE_FOLDER)
         try:
             os.makedirs(folder, exist_ok=True)
             if os.access(folder, os.W_OK):
                 return folder
         except OSError:
             continue
-    raise OneDnnUnavailableError(f"no writable cache folder (set {CACHE_VAR})")
+    raise KernelsUnavailableError(f"no writable cache folder (set {CACHE_VAR})")
 
 
 def _compiler():
@@ -101,7 +90,7 @@ def _compiler():
         path = shutil.which(name)
         if path:
             return path
-    raise OneDnnUnavailableError("no C++ compiler found (g++ or c++ on PATH, or CXX)")
+    raise KernelsUnavailableError("no C++ compiler found (g++ or c++ on PATH, or CXX)")
 
 
 def mindspore_onednn():
@@ -110,25 +99,13 @@ def mindspore_onednn():
 
     path = os.path.join(os.path.dirname(mindspore.__file__), "lib", ONEDNN_LIBRARY)
     if not os.path.isfile(path):
-        raise OneDnnUnavailableError(f"{path} not found")
+        raise KernelsUnavailableError(f"{path} not found")
     return path
-
-
-def _replace_atomic(produce, path):
-    """Run produce(tmp) to write a temporary file beside `path`, then rename it to `path`."""
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=os.path.dirname(path))
-    os.close(fd)
-    try:
-        produce(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _build(threads):
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-        raise OneDnnUnavailableError(f"built for Linux x86-64 only, this is {platform.system()} {platform.machine()}")
+        raise KernelsUnavailableError(f"built for Linux x86-64 only, this is {platform.system()} {platform.machine()}")
     onednn = mindspore_onednn()
     cxx = _compiler()
     with open(onednn, "rb") as f:  # by content (0.05 s): every venv of the same MindSpore shares the copy
@@ -139,21 +116,21 @@ def _build(threads):
             digest.update(f.read())
     digest.update(f"{cxx} {' '.join(CXXFLAGS)} {onednn_id}".encode())
     folder = _cache_dir()
-    kernels = os.path.join(folder, f"onednn_conv-{digest.hexdigest()[:16]}.so")
+    kernels = os.path.join(folder, f"{LIBRARY_NAME}-{digest.hexdigest()[:16]}.so")
     # Named by MindSpore's library alone: a new version of our kernels reuses the copy (58 MB) of an unchanged one,
     # and so does every new venv with the same MindSpore (named by its path, each venv left one more copy).
     private = os.path.join(folder, f"libdnnl-{onednn_id[:16]}.so.3")
     if not os.path.isfile(private):
-        _replace_atomic(lambda tmp: shutil.copyfile(onednn, tmp), private)
+        with atomic_path(private) as tmp:
+            shutil.copyfile(onednn, tmp)
     if not os.path.isfile(kernels):
-        def compile_to(tmp):
+        with atomic_path(kernels) as tmp:
             command = [cxx, *CXXFLAGS, "-I", _HERE, *SOURCES, "-o", tmp, "-lpthread", "-ldl"]
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 lines = (done.stderr or done.stdout).strip().splitlines()
-                raise OneDnnUnavailableError(f"{os.path.basename(cxx)} failed on {' '.join(SOURCES)}: "
-                                             f"{lines[0] if lines else 'exit ' + str(done.returncode)}")
-        _replace_atomic(compile_to, kernels)
+                raise KernelsUnavailableError(f"{os.path.basename(cxx)} failed on {' '.join(SOURCES)}: "
+                                              f"{lines[0] if lines else 'exit ' + str(done.returncode)}")
     # Read by the kernels at their first call, in this process.
     os.environ[_ENV_LIB] = private
     os.environ[_ENV_THREADS] = str(threads or len(os.sched_getaffinity(0)))
@@ -169,21 +146,21 @@ def float32_only(dtype, cell):
 
     element = dtype.element_type() if isinstance(dtype, mstype.TensorType) else dtype
     if element != mstype.float32:
-        raise TypeError(f"{cell} (config {CONFIG_KEY}: onednn) computes float32 only, got {element}; "
-                        f"set {CONFIG_KEY}: mindspore for other types")
+        raise TypeError(f"{cell} (config {CONFIG_KEY}: {NATIVE}) computes float32 only, got {element}; "
+                        f"set {CONFIG_KEY}: {MINDSPORE} for other types")
     return dtype
 
 
 def library(threads=None):
-    """Path of the built kernels (built at the first call); raises OneDnnUnavailableError."""
+    """Path of the built kernels (built at the first call); raises KernelsUnavailableError."""
     with _lock:
         if _state["library"] is None and _state["error"] is None:
             try:
                 _state["library"] = _build(threads)
-            except OneDnnUnavailableError as err:
+            except KernelsUnavailableError as err:
                 _state["error"] = str(err)
             except OSError as err:
                 _state["error"] = f"cannot build the kernels: {err}"
         if _state["error"] is not None:
-            raise OneDnnUnavailableError(_state["error"])
+            raise KernelsUnavailableError(_state["error"])
         return _state["library"]

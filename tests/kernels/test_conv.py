@@ -1,19 +1,16 @@
-"""OneDnnConv2d (config cpu_conv: onednn): the same outputs and gradients as a brute-force numpy convolution
-and as MindSpore's Conv2D, the same ResNet-50 parameters, and a clear fallback where it cannot be built."""
-import logging
-import os
-
+"""OneDnnConv2d (config cpu_kernels: native): the same outputs and gradients as a brute-force numpy convolution
+and as MindSpore's Conv2D, and the same ResNet-50 parameters and features."""
 import mindspore as ms
 import numpy as np
 import pytest
 from mindspore import Tensor, nn
 
-from src.models import onednn_build
-from src.models.onednn_conv import OneDnnConv2d
+from src.kernels import build
+from src.kernels.conv import OneDnnConv2d
 from src.models.resnet import ResNet50
 
-pytestmark = pytest.mark.skipif(onednn_build.resolve("onednn", "CPU") != "onednn",
-                                reason="the oneDNN kernels cannot be built here (see the warning)")
+pytestmark = pytest.mark.skipif(build.resolve(build.NATIVE, "CPU") != build.NATIVE,
+                                reason="the CPU kernels cannot be built here (see the warning)")
 
 
 def numpy_conv(x, w, stride, pads):
@@ -89,7 +86,7 @@ def test_unsupported_convolutions_are_refused():
 def test_resnet_parameters_and_features_match_mindspore_conv(padding):
     ms.set_seed(3)
     native = ResNet50(padding)
-    ours = ResNet50(padding, conv="onednn")
+    ours = ResNet50(padding, kernels=build.NATIVE)
     names = {p.name: p.shape for p in native.get_parameters()}
     assert {p.name: p.shape for p in ours.get_parameters()} == names
     ms.load_param_into_net(ours, {p.name: p for p in native.get_parameters()}, strict_load=True)
@@ -97,75 +94,3 @@ def test_resnet_parameters_and_features_match_mindspore_conv(padding):
         net.set_train(False)
     x = Tensor(np.random.default_rng(0).standard_normal((2, 3, 33, 33)).astype(np.float32))
     assert rel(ours(x).asnumpy(), native(x).asnumpy()) < 1e-4
-
-
-def test_other_devices_and_mindspore_choice_build_nothing():
-    assert onednn_build.resolve("onednn", "GPU") == "mindspore"
-    assert onednn_build.resolve("onednn", "Ascend") == "mindspore"
-    assert onednn_build.resolve("mindspore", "CPU") == "mindspore"
-    with pytest.raises(ValueError, match="cpu_conv must be one of onednn, mindspore"):
-        onednn_build.resolve("mkldnn", "CPU")
-
-
-def test_no_compiler_falls_back_with_one_warning(monkeypatch, tmp_path, caplog):
-    monkeypatch.setattr(onednn_build, "_state", {"library": None, "error": None, "warned": False})
-    monkeypatch.setenv(onednn_build.CACHE_VAR, str(tmp_path))
-    monkeypatch.setenv("CXX", "")
-    monkeypatch.setenv("PATH", str(tmp_path))  # no g++ / c++ here
-    with caplog.at_level(logging.WARNING):
-        assert onednn_build.resolve("onednn", "CPU") == "mindspore"
-        assert onednn_build.resolve("onednn", "CPU") == "mindspore"
-    warnings = [r.getMessage() for r in caplog.records if "cpu_conv" in r.getMessage()]
-    assert len(warnings) == 1
-    assert "no C++ compiler found" in warnings[0] and "MindSpore's Conv2D" in warnings[0]
-
-
-def test_a_failing_compile_names_the_source(monkeypatch, tmp_path):
-    monkeypatch.setattr(onednn_build, "_state", {"library": None, "error": None, "warned": False})
-    monkeypatch.setenv(onednn_build.CACHE_VAR, str(tmp_path))
-    broken = tmp_path / "broken.cc"
-    broken.write_text("this is not C++\n")
-    monkeypatch.setattr(onednn_build, "SOURCES", (str(broken),))
-    with pytest.raises(onednn_build.OneDnnUnavailableError, match="broken.cc"):
-        onednn_build.library()
-    assert not [p for p in tmp_path.rglob("*.so") if p.name.startswith("onednn_conv")]  # nothing half-written
-
-
-
-def test_new_kernels_reuse_the_private_onednn_copy(monkeypatch, tmp_path):
-    """The 58 MB copy of MindSpore's libdnnl is named by that library's content alone: a change of our sources
-    builds new kernels beside the same copy, instead of one more copy per version, and another venv's install of
-    the same library (another path, another mtime) builds nothing and copies nothing."""
-    monkeypatch.setenv(onednn_build.CACHE_VAR, str(tmp_path / "cache"))
-    for name in (onednn_build._ENV_LIB, onednn_build._ENV_THREADS, onednn_build._ENV_UNCAP):
-        monkeypatch.setenv(name, "")  # _build sets them; restored after the test
-    fake_onednn = tmp_path / "libdnnl.so.3"
-    fake_onednn.write_bytes(b"not really oneDNN")
-    monkeypatch.setattr(onednn_build, "mindspore_onednn", lambda: str(fake_onednn))
-    compiler = tmp_path / "fake-c++"
-    compiler.write_text(f'#!/bin/sh\necho >> {tmp_path}/compiles\nwhile [ "$1" != "-o" ]; do shift; done\n'
-                        'echo built > "$2"\n')
-    compiler.chmod(0o755)
-    monkeypatch.setenv("CXX", str(compiler))
-    source = tmp_path / "kernels.cc"
-    monkeypatch.setattr(onednn_build, "SOURCES", (str(source),))
-    built = []
-    for version in ("// version 1\n", "// version 2\n"):
-        source.write_text(version)
-        built.append(onednn_build._build(threads=1))
-    folder = tmp_path / "cache" / "onednn_conv"
-    assert len(set(built)) == 2 and all(open(path).read() == "built\n" for path in built)
-    copies = sorted(p.name for p in folder.glob("libdnnl-*.so.3"))
-    assert len(copies) == 1, copies
-    assert (folder / copies[0]).read_bytes() == b"not really oneDNN"
-    other_venv = tmp_path / "venv2" / "libdnnl.so.3"
-    other_venv.parent.mkdir()
-    other_venv.write_bytes(fake_onednn.read_bytes())
-    os.utime(other_venv, ns=(0, 0))
-    monkeypatch.setattr(onednn_build, "mindspore_onednn", lambda: str(other_venv))
-    assert onednn_build._build(threads=1) == built[1]
-    assert sorted(p.name for p in folder.glob("libdnnl-*.so.3")) == copies
-    assert (tmp_path / "compiles").read_text() == "\n\n"  # the two versions' builds, none for the new venv
-    other_venv.write_bytes(b"another oneDNN")  # a different library: its own copy and kernels
-    assert onednn_build._build(threads=1) != built[1]
-    assert len(list(folder.glob("libdnnl-*.so.3"))) == 2
