@@ -18,8 +18,8 @@ from src.evaluation.features import (
 )
 from src.evaluation.metrics import format_metrics_table
 from src.evaluation.visualize import draw_retrievals, save_image
+from src.kernels import build as cpu_kernels
 from src.losses.registry import LOSS_NAMES
-from src.models import onednn_build
 from src.models.checkpoint import load_backbone_checkpoint, resolve_padding
 from src.models.resnet import CONVENTION_KEY, backbone_from_config, head_options
 from src.runtime.cli import (
@@ -89,11 +89,11 @@ def main(argv=None):
         images = read_checked_list(args.dataset_path, args.eval_list, cfg)
     ms.set_seed(cfg.seed)
     padding = resolve_padding(cfg[CONVENTION_KEY], [args.ckpt_path])
-    # The ONNX engines export the backbone, so it keeps MindSpore's Conv2D for them.
-    conv = "mindspore"
+    # The ONNX engines export the backbone, so it keeps MindSpore's ops for them.
+    kernels = cpu_kernels.MINDSPORE
     if args.backend == "mindspore":
-        conv = onednn_build.resolve(cfg.cpu_conv, args.device_target, threads)
-    backbone = backbone_from_config(cfg, padding, conv)
+        kernels = cpu_kernels.resolve(cfg.cpu_kernels, args.device_target, threads)
+    backbone = backbone_from_config(cfg, padding, kernels)
     if args.ckpt_path:
         load_backbone_checkpoint(backbone, args.ckpt_path)
     backbone = extraction_engine(args.backend, backbone, args.ckpt_path, cfg.image_size, cfg.eval_batch_size,

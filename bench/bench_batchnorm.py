@@ -3,10 +3,10 @@
 Usage:
   python bench/bench_batchnorm.py [--size 64 --batch 33] [--trials 7] [--cold] [--library A.so --library B.so]
 
-src/models/batchnorm.cc's `bn_forward` / `bn_backward` (the AOT kernels CpuBatchNorm2d runs under
-`cpu_conv: onednn`) are called through ctypes on numpy arrays, outside MindSpore, next to what PyTorch runs for
+src/kernels/batchnorm.cc's `bn_forward` / `bn_backward` (the AOT kernels CpuBatchNorm2d runs under
+`cpu_kernels: native`) are called through ctypes on numpy arrays, outside MindSpore, next to what PyTorch runs for
 the same layer in training: `native_batch_norm` (+ `relu`) forward and `threshold_backward` +
-`native_batch_norm_backward`. Default library: the one src/models/onednn_build.py builds from this tree; give
+`native_batch_norm_backward`. Default library: the one src/kernels/build.py builds from this tree; give
 `--library` once per built file to compare versions of our kernels in one run (each is loaded privately).
 
 For each of ResNet-50 v1.5's 53 batch-norm layers at `--size` / `--batch` (bn1 / bn2 with the ReLU folded in,
@@ -130,10 +130,11 @@ def main():
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     args = parser.parse_args()
 
-    os.environ.setdefault("METRIC_LEARN_ONEDNN_THREADS", str(args.threads))
+    for name in ("METRIC_LEARN_KERNELS_THREADS", "METRIC_LEARN_ONEDNN_THREADS"):  # the latter: libraries built
+        os.environ.setdefault(name, str(args.threads))                           # before the rename
     if not args.library:
-        from src.models import onednn_build
-        args.library = [onednn_build.library(args.threads)]
+        from src.kernels import build as cpu_kernels
+        args.library = [cpu_kernels.library(args.threads)]
     import torch
 
     torch.set_num_threads(args.threads)

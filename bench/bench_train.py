@@ -36,7 +36,7 @@ within a round, their order reversed every other round. A variant is a base and 
   +env:KEY=VALUE     any environment variable for the measured process, as a user would export it
   +isa=X             ONEDNN_MAX_CPU_ISA=X as a user would export it (src/runtime/env.py keeps it); ALL is
                      oneDNN's default, i.e. MindSpore without our setting
-  +conv=onednn|mindspore  (ms) config cpu_conv: the backbone's convolutions (default: the config's, onednn)
+  +conv=native|mindspore  (ms) config cpu_kernels: our CPU kernels or MindSpore's ops (default: the config's, native)
   +steps=N           timed steps (eval: batches, at least 2) for this variant, instead of --steps (for slow variants)
   +onnxruntime       (ms, extraction only) eval.py --backend onnxruntime: the backbone's ONNX export in ONNX Runtime
   +openvino          (ms, extraction only) eval.py --backend openvino: the same ONNX file in OpenVINO
@@ -70,7 +70,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from synthetic_images import make_jpegs  # noqa: E402
 
 from src.deploy import engines  # noqa: E402
-from src.models import onednn_build  # noqa: E402
+from src.kernels import build as cpu_kernels  # noqa: E402
 
 JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
 TUNED_MALLOC_CONF = "oversize_threshold:0,background_thread:true,metadata_thp:auto,dirty_decay_ms:-1,muzzy_decay_ms:-1"
@@ -117,7 +117,7 @@ def parse_variant(name):
             spec["engine"] = key
         elif key == "threadworkers" and not sep and base == "ms":
             spec["thread_workers"] = True
-        elif key == "conv" and value in onednn_build.IMPLEMENTATIONS and base == "ms":
+        elif key == "conv" and value in cpu_kernels.IMPLEMENTATIONS and base == "ms":
             spec["conv"] = value
         elif key == "jit" and value in ("O0", "O1", "O2") and base == "ms":
             spec["jit"] = value
@@ -161,7 +161,7 @@ def run_ms_train(job):
     if spec["workers"] is not None:
         overrides.append(f"num_parallel_workers={spec['workers']}")
     if spec["conv"]:
-        overrides.append(f"cpu_conv={spec['conv']}")
+        overrides.append(f"cpu_kernels={spec['conv']}")
     cfg = load_config("triplet", "CPU", overrides=overrides)
     init_context("CPU")
     _apply_ms_options(ms, mds, spec)
@@ -272,9 +272,9 @@ def run_ms_eval(job):
     ms.set_seed(cfg.seed)
     threads = check_threads(spec["threads"])  # as eval.py --threads: every core the process may use by default
     set_cpu_threads(threads)
-    # As eval.py: the config's convolutions for the mindspore backend, MindSpore's for an engine's export.
-    conv = "mindspore" if spec["engine"] else onednn_build.resolve(spec["conv"] or cfg.cpu_conv, "CPU", threads)
-    backbone = ResNet50(conv=conv)
+    # As eval.py: the config's kernels for the mindspore backend, MindSpore's for an engine's export.
+    kernels = "mindspore" if spec["engine"] else cpu_kernels.resolve(spec["conv"] or cfg.cpu_kernels, "CPU", threads)
+    backbone = ResNet50(kernels=kernels)
     if spec["engine"]:
         backbone = extraction_engine(spec["engine"], backbone, None, size, batch, threads)
     lists = {}

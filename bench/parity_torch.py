@@ -23,7 +23,7 @@ the demo photos, saved, and fed to both sides in the same order. Hyper-parameter
 (momentum, weight decay, the per-step learning rates of get_lr over one epoch of `--steps` steps, label
 smoothing, margins, the proxy learning-rate multiple), with batch_size, image_size and class_num set here.
 
-Ours: src.training.trainer.build_training, the network, loss, optimizer (on CPU src/training/fused_momentum.py's,
+Ours: src.training.trainer.build_training, the network, loss, optimizer (on CPU src/kernels/momentum.py's,
 nn.Momentum's update bit for bit) and Model that train.py runs, in graph mode. PyTorch: the torchvision module
 layout, the pytorch-metric-learning loss where the library has it
 (TripletMarginLoss on the consecutive triplets with squared L2 on normalised embeddings and a sum;

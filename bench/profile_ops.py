@@ -41,10 +41,10 @@ RESULT_TAG = "PROFILE_RESULT "
 # Operator kind -> (MindSpore op types, PyTorch aten ops). Self times; PyTorch computes the data and
 # weight gradients of a convolution in one op, MindSpore in two.
 KINDS = {
-    # With cpu_conv onednn (the CPU default) the convolutions, the BatchNorms (+ the ReLU after bn1/bn2), the max
-    # pool and the optimizer are AOT custom kernels (src/models/onednn_conv.cc, batchnorm.cc, maxpool.cc,
-    # src/training/fused_momentum.cc), all of op type "Custom"; profile_ms names them by the cell they run in
-    # (custom_op_kind). With cpu_conv=mindspore: Conv2D, BatchNorm, MaxPool, ApplyMomentum and their kin.
+    # With cpu_kernels native (the CPU default) the convolutions, the BatchNorms (+ the ReLU after bn1/bn2), the max
+    # pool and the optimizer are AOT custom kernels (src/kernels/conv.cc, batchnorm.cc, maxpool.cc,
+    # momentum.cc), all of op type "Custom"; profile_ms names them by the cell they run in
+    # (custom_op_kind). With cpu_kernels=mindspore: Conv2D, BatchNorm, MaxPool, ApplyMomentum and their kin.
     "convolution forward + backward": (("Custom:OneDnnConv2d", "Custom:OneDnnConv2d grad", "Conv2D",
                                         "Conv2DBackpropInput", "Conv2DBackpropFilter"),
                                        ("aten::mkldnn_convolution", "aten::convolution_backward")),
@@ -56,7 +56,7 @@ KINDS = {
     "max pool forward + backward": (("MaxPool", "MaxPoolGrad", "Custom:CpuMaxPool2d", "Custom:CpuMaxPool2d grad"),
                                     ("aten::max_pool2d_with_indices", "aten::max_pool2d_with_indices_backward")),
     "residual add": (("Add",), ("aten::add",)),
-    # The optimizer's ops carry no cell scope ("Default/Custom-op0"): src/training/fused_momentum.py's kernel is
+    # The optimizer's ops carry no cell scope ("Default/Custom-op0"): src/kernels/momentum.py's kernel is
     # the one Custom op outside every cell. (AddN also sums the backward's gradients of tensors used twice.)
     "optimizer (momentum, weight decay)": (("ApplyMomentum", "AddN", "Mul", "Custom:?"),
                                            ("aten::add_", "aten::mul_", "aten::_foreach_add_",
@@ -73,24 +73,24 @@ def ms_step(size, batch, evaluate):
     import mindspore as ms
     from mindspore import nn
 
+    from src.kernels import build as cpu_kernels
     from src.losses.factory import create_loss
-    from src.models import onednn_build
     from src.models.resnet import ResNet50
     from src.runtime.config import load_config
     from src.runtime.context import init_context
-    from src.training.fused_momentum import momentum_optimizer
+    from src.training.optimizer import momentum_optimizer
 
     init_context("CPU")
     ms.set_seed(1)
     cfg = load_config("triplet", "CPU")
-    conv = onednn_build.resolve(cfg.cpu_conv, "CPU")
-    net = ResNet50(conv=conv)  # as train.py builds it
+    kernels = cpu_kernels.resolve(cfg.cpu_kernels, "CPU")
+    net = ResNet50(kernels=kernels)  # as train.py builds it
     x = ms.Tensor(np.random.default_rng(0).random((batch, 3, size, size), np.float32))
     if evaluate:
         net.set_train(False)
         return lambda: net(x).asnumpy()
     optimizer = momentum_optimizer(net.trainable_params(), cfg.lr_max, cfg.momentum, cfg.weight_decay, 1.0,
-                                   fused=conv == "onednn")  # as src.training.trainer chooses it
+                                   kernels)  # as src.training.trainer chooses it
     train = nn.TrainOneStepCell(nn.WithLossCell(net, create_loss("triplet", cfg)), optimizer)
     train.set_train(True)  # BatchNorm on batch statistics, as Model.train sets it (a Cell starts in inference mode)
     y = ms.Tensor(triplet_labels(batch))

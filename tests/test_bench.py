@@ -88,7 +88,7 @@ def test_operator_kinds_partition_the_profiled_time():
               "ReLU": 10.0, "ReluGrad": 15.0, "ApplyMomentum": 40.0, "AddN": 20.0, "Mul": 9.0, "Custom:?": 4.0,
               "Tile": 5.0}
     kinds = profile_ops.by_kind({"per_op_ms": ms_ops}, "ms")
-    assert kinds["convolution forward + backward"] == 1100.0  # MindSpore's Conv2D ops and cpu_conv onednn's
+    assert kinds["convolution forward + backward"] == 1100.0  # MindSpore's Conv2D ops and cpu_kernels native's
     assert kinds["batch norm forward"] == 13.0 and kinds["batch norm backward"] == 14.0
     assert kinds["max pool forward + backward"] == 3.5
     assert kinds["ReLU forward + backward"] == 25.0 and kinds["optimizer (momentum, weight decay)"] == 73.0

@@ -12,7 +12,7 @@ import pytest
 from tests.paths import ROOT
 
 SRC = os.path.join(ROOT, "src")
-PACKAGES = ("runtime", "data", "models", "losses", "training", "evaluation", "deploy")
+PACKAGES = ("runtime", "kernels", "data", "models", "losses", "training", "evaluation", "deploy")
 # Thin modules kept at the top so that `python -m src.<name>` goes on working for users' scripts.
 FORWARDERS = {"convert_weights": "models", "baselines": "evaluation", "history": "training",
               "benchmark_lists": "data"}
@@ -95,17 +95,21 @@ def test_every_module_lives_in_a_package():
 
 
 @pytest.mark.parametrize("package", PACKAGES)
-def test_package_init_says_in_one_line_what_lives_there(package):
+def test_package_init_says_in_its_first_line_what_lives_there(package):
+    """A one-line summary, then (src/kernels/: the map of what each kernel replaces) a blank line and more."""
     with open(os.path.join(SRC, package, "__init__.py"), encoding="utf-8") as f:
         tree = ast.parse(f.read())
     assert len(tree.body) == 1 and isinstance(tree.body[0], ast.Expr), "only a docstring: importing stays cheap"
-    assert "\n" not in ast.get_docstring(tree).strip()
+    first, _, rest = ast.get_docstring(tree).strip().partition("\n")
+    assert first.strip(), "the first line says what lives there"
+    assert not rest or rest.startswith("\n"), "the summary is one line, then a blank line"
 
 
 def test_packages_import_each_other_without_cycles():
     graph = package_graph()
     assert find_cycle(graph) is None, f"import cycle between packages: {' -> '.join(find_cycle(graph))}"
     assert graph["runtime"] == set(), "runtime is the bottom layer"
+    assert graph["kernels"] <= {"runtime"}, "the CPU kernels stand below the network and the training"
 
 
 def test_cycle_finder_finds_a_cycle():

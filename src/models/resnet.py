@@ -15,10 +15,8 @@ trained under each:
 from mindspore import nn, ops
 from mindspore.common.initializer import HeNormal
 
-from src.models.batchnorm import CpuBatchNorm2d
-from src.models.maxpool import CpuMaxPool2d
-from src.models.onednn_build import check_implementation
-from src.models.onednn_conv import OneDnnConv2d
+from src.kernels.build import MINDSPORE
+from src.kernels.layers import network_layers
 
 FEATURE_DIM = 2048
 EXPANSION = 4
@@ -55,48 +53,44 @@ class L2Normalize(nn.Cell):
         return l2_normalize(x, self.axis, self.eps)
 
 
-def _conv(in_channel, out_channel, kernel_size, stride=1, padding="same", conv="mindspore"):
+def _conv(in_channel, out_channel, kernel_size, stride=1, padding="same", kernels=MINDSPORE):
     pads = {"pad_mode": "same"} if padding == "same" else {"pad_mode": "pad", "padding": kernel_size // 2}
-    cls = nn.Conv2d if check_implementation(conv) == "mindspore" else OneDnnConv2d
-    return cls(in_channel, out_channel, kernel_size=kernel_size, stride=stride, has_bias=False,
-                     weight_init=HeNormal(mode="fan_out", nonlinearity="relu"), **pads)
+    return network_layers(kernels).conv2d(in_channel, out_channel, kernel_size=kernel_size, stride=stride,
+                                          has_bias=False, weight_init=HeNormal(mode="fan_out", nonlinearity="relu"),
+                                          **pads)
 
 
-def _bn(channel, last_in_block=False, padding="same", conv="mindspore", relu=False):
-    """BatchNorm; with conv "onednn" batchnorm.py's CpuBatchNorm2d, which also applies the ReLU that follows
-    it when `relu` (with "mindspore" the caller applies that ReLU: see fuses_relu)."""
+def _bn(channel, last_in_block=False, padding="same", kernels=MINDSPORE, relu=False):
+    """BatchNorm; where the kernels' BatchNorm applies the ReLU that follows it (batchnorm_applies_relu), with
+    `relu` it does (otherwise the caller applies that ReLU)."""
     # gamma=0 on the last BN of a block makes every residual branch start as the identity.
     options = {"eps": BN_EPS[padding], "momentum": BN_MOMENTUM, "gamma_init": "zeros" if last_in_block else "ones"}
-    if fuses_relu(conv):
-        return CpuBatchNorm2d(channel, relu=relu, **options)
-    return nn.BatchNorm2d(channel, **options)
-
-
-def fuses_relu(conv):
-    """Whether the BatchNorm layers of a network built with `conv` apply the ReLU after them themselves."""
-    return check_implementation(conv) == "onednn"
+    layers = network_layers(kernels)
+    if layers.batchnorm_applies_relu:
+        options["relu"] = relu
+    return layers.batchnorm2d(channel, **options)
 
 
 class Bottleneck(nn.Cell):
     """1x1 -> 3x3 (carries the stride: v1.5) -> 1x1 with a projection shortcut when shapes change."""
 
-    def __init__(self, in_channel, out_channel, stride=1, padding="same", conv="mindspore"):
+    def __init__(self, in_channel, out_channel, stride=1, padding="same", kernels=MINDSPORE):
         super().__init__()
         mid = out_channel // EXPANSION
-        self.conv1 = _conv(in_channel, mid, 1, padding=padding, conv=conv)
-        self.bn1 = _bn(mid, padding=padding, conv=conv, relu=True)
-        self.conv2 = _conv(mid, mid, 3, stride=stride, padding=padding, conv=conv)
-        self.bn2 = _bn(mid, padding=padding, conv=conv, relu=True)
-        self.conv3 = _conv(mid, out_channel, 1, padding=padding, conv=conv)
-        self.bn3 = _bn(out_channel, last_in_block=True, padding=padding, conv=conv)
+        self.conv1 = _conv(in_channel, mid, 1, padding=padding, kernels=kernels)
+        self.bn1 = _bn(mid, padding=padding, kernels=kernels, relu=True)
+        self.conv2 = _conv(mid, mid, 3, stride=stride, padding=padding, kernels=kernels)
+        self.bn2 = _bn(mid, padding=padding, kernels=kernels, relu=True)
+        self.conv3 = _conv(mid, out_channel, 1, padding=padding, kernels=kernels)
+        self.bn3 = _bn(out_channel, last_in_block=True, padding=padding, kernels=kernels)
         self.relu = nn.ReLU()
-        self.bn_relu = fuses_relu(conv)
+        self.bn_relu = network_layers(kernels).batchnorm_applies_relu
         self.down_sample = stride != 1 or in_channel != out_channel
         self.down_sample_layer = None
         if self.down_sample:
             self.down_sample_layer = nn.SequentialCell([_conv(in_channel, out_channel, 1, stride=stride,
-                                                              padding=padding, conv=conv),
-                                                        _bn(out_channel, padding=padding, conv=conv)])
+                                                              padding=padding, kernels=kernels),
+                                                        _bn(out_channel, padding=padding, kernels=kernels)])
 
     def construct(self, x):
         identity = x
@@ -119,16 +113,16 @@ class ResNet50(nn.Cell):
     `padding`: "same" or "symmetric" (see the module docstring). The head: `pooling` "avg" (the seed's), "max"
     or "avg+max" (their sum, as Proxy-Anchor's code); `embedding_size` > 0 adds `embedding`, a Dense(2048 ->
     embedding_size) (parameters embedding.weight / embedding.bias); `embedding_normalize` L2-normalises the
-    output. `conv`: "mindspore" (nn.Conv2d, nn.BatchNorm2d, nn.ReLU) or "onednn" (CPU only, the same
-    parameters: src/models/onednn_conv.py's OneDnnConv2d, src/models/batchnorm.py's CpuBatchNorm2d, which
-    also applies the ReLU after bn1 and bn2, and src/models/maxpool.py's CpuMaxPool2d)."""
+    output. `kernels`: "mindspore" (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d) or "native" (CPU only, the
+    same parameters: src/kernels/'s OneDnnConv2d, CpuBatchNorm2d, which also applies the ReLU after bn1 and bn2,
+    and CpuMaxPool2d; src.kernels.layers.network_layers)."""
 
     LAYERS = (3, 4, 6, 3)
     WIDTHS = (256, 512, 1024, 2048)
     STRIDES = (1, 2, 2, 2)
 
     def __init__(self, padding="same", pooling="avg", embedding_size=0, embedding_normalize=False,
-                 conv="mindspore"):
+                 kernels=MINDSPORE):
         super().__init__()
         self.padding = check_padding(padding)
         if pooling not in POOLINGS:
@@ -140,18 +134,18 @@ class ResNet50(nn.Cell):
         self.embedding_normalize = bool(embedding_normalize)
         self.out_dim = feature_dim(self.embedding_size)
         self.embedding = nn.Dense(FEATURE_DIM, self.embedding_size) if self.embedding_size else None
-        self.conv1 = _conv(3, 64, 7, stride=2, padding=padding, conv=conv)
-        self.bn1 = _bn(64, padding=padding, conv=conv, relu=True)
+        layers = network_layers(kernels)
+        self.conv1 = _conv(3, 64, 7, stride=2, padding=padding, kernels=kernels)
+        self.bn1 = _bn(64, padding=padding, kernels=kernels, relu=True)
         self.relu = nn.ReLU()
-        self.bn_relu = fuses_relu(conv)
+        self.bn_relu = layers.batchnorm_applies_relu
         pool_pads = {"pad_mode": "same"} if padding == "same" else {"pad_mode": "pad", "padding": 1}
-        pool = CpuMaxPool2d if check_implementation(conv) == "onednn" else nn.MaxPool2d
-        self.maxpool = pool(kernel_size=3, stride=2, **pool_pads)
+        self.maxpool = layers.max_pool2d(kernel_size=3, stride=2, **pool_pads)
         in_channel = 64
         stages = []
         for blocks, width, stride in zip(self.LAYERS, self.WIDTHS, self.STRIDES, strict=True):
-            layer = [Bottleneck(in_channel, width, stride, padding, conv)]
-            layer += [Bottleneck(width, width, padding=padding, conv=conv) for _ in range(blocks - 1)]
+            layer = [Bottleneck(in_channel, width, stride, padding, kernels)]
+            layer += [Bottleneck(width, width, padding=padding, kernels=kernels) for _ in range(blocks - 1)]
             stages.append(nn.SequentialCell(layer))
             in_channel = width
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
@@ -210,7 +204,7 @@ class ClassifierHead(nn.Cell):
 
 def resnet50(class_num, padding="same", **head):
     """ResNet-50 v1.5 with a `class_num`-way classification head; `.backbone` gives the features. `head`:
-    pooling / embedding_size / embedding_normalize / conv of the backbone."""
+    pooling / embedding_size / embedding_normalize / kernels of the backbone."""
     return ResNet50WithHead(class_num, padding, **head)
 
 
@@ -223,10 +217,10 @@ def freeze_batchnorm(network):
     return len(layers)
 
 
-def backbone_from_config(cfg, padding, conv="mindspore"):
+def backbone_from_config(cfg, padding, kernels=MINDSPORE):
     """ResNet50 with the config's head keys (pooling, embedding_size, embedding_normalize), `padding` and
-    `conv` (see ResNet50)."""
-    return ResNet50(padding, conv=conv, **head_options(cfg))
+    `kernels` (see ResNet50)."""
+    return ResNet50(padding, kernels=kernels, **head_options(cfg))
 
 
 def head_options(cfg):

@@ -3,12 +3,16 @@
 Resolution order: common.yaml -> <stage>.yaml (may add keys) -> device_overrides of both for the
 chosen device -> common.yaml's dataset_defaults for the `dataset` key (the keys the stage has) ->
 command-line overrides. Only the first two may introduce keys; anything later
-naming an unknown key, or giving a value of the wrong type, is an error.
+naming an unknown key, or giving a value of the wrong type, is an error. A key renamed since an earlier version
+(RENAMED_KEYS) is still read, at every step, under its new name, with one deprecation line: a config.yaml saved
+by an earlier run loads, and its old command-line override works.
 """
 import os
 import tempfile
 
 import yaml
+
+from src.runtime.log import get_logger
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 COMMON_FILE = os.path.join(CONFIG_DIR, "common.yaml")
@@ -16,6 +20,8 @@ DEVICES = ("Ascend", "GPU", "CPU")
 OVERRIDES_KEY = "device_overrides"
 DATASET_KEY = "dataset_defaults"
 DEFAULT_RECALL_KS = "1,10,100,1000"
+# Earlier name -> (name, {earlier value: value}).
+RENAMED_KEYS = {"cpu_conv": ("cpu_kernels", {"onednn": "native", "mindspore": "mindspore"})}
 
 
 def dataset_defaults():
@@ -74,7 +80,25 @@ def _check_type(key, old, new, origin):
     return new
 
 
+def _renamed(updates, origin):
+    """`updates` with every key of RENAMED_KEYS under its new name and value, each logged as deprecated."""
+    result = {}
+    for key, value in updates.items():
+        if key not in RENAMED_KEYS:
+            result[key] = value
+            continue
+        new_key, values = RENAMED_KEYS[key]
+        if new_key in updates:
+            raise ConfigError(f"{origin}: {key} is the earlier name of {new_key}; give {new_key} only")
+        result[new_key] = values.get(value, value)
+        mapping = ", ".join(f"{old} -> {new}" for old, new in values.items())
+        get_logger().warning("%s: %s is now %s (%s): %s: %s read as %s: %s", origin, key, new_key, mapping, key,
+                             value, new_key, result[new_key])
+    return result
+
+
 def _apply(cfg, updates, origin, allow_new):
+    updates = _renamed(updates, origin)
     for key, value in updates.items():
         if key not in cfg:
             if not allow_new:

@@ -1,1 +1,1 @@
-"""The training run: trainer, callbacks, learning-rate schedule, dataset sink mode, per-epoch history."""
+"""The training run: trainer, optimizer, callbacks, learning-rate schedule, dataset sink mode, per-epoch history."""

@@ -15,9 +15,9 @@ from src.evaluation.features import (
     read_checked_list,
     read_checked_query_gallery,
 )
+from src.kernels import build as cpu_kernels
 from src.losses.factory import create_loss
 from src.losses.registry import IN_NETWORK, LOSS_NAMES, STAGES, get_stage
-from src.models import onednn_build
 from src.models.checkpoint import (
     load_backbone_checkpoint,
     load_strict,
@@ -29,10 +29,10 @@ from src.models.resnet import CONVENTION_KEY, backbone_from_config, freeze_batch
 from src.runtime.config import save_config
 from src.runtime.log import get_logger
 from src.training.callbacks import CheckpointSaver, EvalCallback, TrainMonitor
-from src.training.fused_momentum import momentum_optimizer
 from src.training.history import FILE_NAME as HISTORY_FILE
 from src.training.history import HistoryWriter
 from src.training.lr_generator import get_lr
+from src.training.optimizer import momentum_optimizer
 from src.training.sink_mode import resolve_plan
 
 logger = get_logger()
@@ -63,13 +63,13 @@ def build_network(loss_name, cfg):
     """(network trained by Model, backbone inside it). A stage whose registry entry has its classes in the network
     (softmax) trains backbone + head; every other trains the backbone alone (the seed's net.backbone): class weights
     or proxies (arcmargin, ...) live in the loss.
-    cfg.backbone_padding must be resolved (same or symmetric). The convolutions: cfg.cpu_conv on CPU
-    (src/models/onednn_conv.py), MindSpore's elsewhere."""
-    conv = onednn_build.resolve(cfg.cpu_conv, ms.get_context("device_target"))
+    cfg.backbone_padding must be resolved (same or symmetric). The layers: our kernels on CPU where
+    cfg.cpu_kernels asks for them (src/kernels/), MindSpore's elsewhere."""
+    kernels = cpu_kernels.resolve(cfg.cpu_kernels, ms.get_context("device_target"))
     if get_stage(loss_name).classes == IN_NETWORK:
-        net = resnet50(cfg.class_num, cfg.backbone_padding, conv=conv, **head_options(cfg))
+        net = resnet50(cfg.class_num, cfg.backbone_padding, kernels=kernels, **head_options(cfg))
         return net, net.backbone
-    backbone = backbone_from_config(cfg, cfg.backbone_padding, conv)
+    backbone = backbone_from_config(cfg, cfg.backbone_padding, kernels)
     return backbone, backbone
 
 
@@ -155,7 +155,7 @@ class TrainingSetup:
 def build_training(loss_name, cfg, steps_per_epoch, ckpt_path=None):
     """The network, loss, Momentum optimizer and Model of a stage, as train.py trains them (also what
     bench/parity_torch.py steps next to PyTorch). `ckpt_path`: initial backbone weights. On CPU with our kernels
-    (cpu_conv: onednn) the optimizer is src/training/fused_momentum.py's, elsewhere nn.Momentum."""
+    (cpu_kernels: native) the optimizer is src/kernels/momentum.py's FusedMomentum, elsewhere nn.Momentum."""
     network, backbone = build_network(loss_name, cfg)
     if ckpt_path:
         load_backbone_checkpoint(backbone, ckpt_path, new_head=True)
@@ -169,10 +169,10 @@ def build_training(loss_name, cfg, steps_per_epoch, ckpt_path=None):
                 cfg.lr_decay_mode)
     if len(lr) < cfg.epoch_size * steps_per_epoch:
         raise ValueError(f"learning-rate array has {len(lr)} entries, needs {cfg.epoch_size * steps_per_epoch}")
-    fused = onednn_build.resolve(cfg.cpu_conv, ms.get_context("device_target")) == "onednn"
+    kernels = cpu_kernels.resolve(cfg.cpu_kernels, ms.get_context("device_target"))
     multiplier = getattr(cfg, stage.lr_multiplier_key) if stage.lr_multiplier_key else 1.0
     optimizer = momentum_optimizer(parameter_groups(network, loss, lr, cfg.weight_decay, multiplier),
-                                   ms.Tensor(lr), cfg.momentum, cfg.weight_decay, float(cfg.loss_scale), fused)
+                                   ms.Tensor(lr), cfg.momentum, cfg.weight_decay, float(cfg.loss_scale), kernels)
     model = Model(network, loss_fn=loss, optimizer=optimizer, amp_level=cfg.amp_level,
                   loss_scale_manager=FixedLossScaleManager(float(cfg.loss_scale), drop_overflow_update=False))
     return TrainingSetup(model, network, backbone, loss, lr, optimizer)

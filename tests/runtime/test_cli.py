@@ -1,10 +1,18 @@
-"""Shared command-line pieces: --recall_ks parsing (eval.py and postprocess.py)."""
+"""Shared command-line pieces: --recall_ks parsing (eval.py and postprocess.py), config overrides."""
 import argparse
 
 import pytest
 
 from src.evaluation.metrics import DEFAULT_KS
-from src.runtime.cli import add_recall_ks_argument, config_ks, parse_ks
+from src.runtime.cli import (
+    add_common_arguments,
+    add_recall_ks_argument,
+    config_ks,
+    load_stage_config,
+    make_parser,
+    parse_ks,
+    parse_with_overrides,
+)
 from src.runtime.config import load_config
 
 
@@ -30,3 +38,16 @@ def test_recall_ks_argument_default_and_error(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["--recall_ks", "1,x"])
     assert "argument --recall_ks: expected positive integers" in capsys.readouterr().err
+
+
+def test_the_earlier_cpu_conv_override_still_works(caplog):
+    parser = make_parser("test")
+    add_common_arguments(parser)
+    parser.add_argument("--loss_name", default="triplet")
+    caplog.set_level("WARNING", logger="metric_learn")
+    for argv, value in ((["--cpu_conv", "onednn"], "native"), (["--cpu_conv=mindspore"], "mindspore")):
+        caplog.clear()
+        assert load_stage_config(parse_with_overrides(parser, argv)).cpu_kernels == value
+        lines = [r.getMessage() for r in caplog.records if "cpu_conv" in r.getMessage()]
+        assert len(lines) == 1, lines
+        assert lines[0].startswith("override: cpu_conv is now cpu_kernels (onednn -> native, mindspore -> mindspore)")

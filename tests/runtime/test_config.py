@@ -81,3 +81,27 @@ def test_save_config_round_trips(tmp_path):
     save_config(cfg, str(path))
     assert yaml.safe_load(path.read_text()) == dict(cfg)
     assert [p.name for p in path.parent.iterdir()] == ["config.yaml"]  # no temporary left behind
+
+
+def test_a_config_saved_with_cpu_conv_loads_as_cpu_kernels(tmp_path, caplog):
+    """A config.yaml saved by a run before cpu_kernels (`cpu_conv: onednn`) loads, so --resume of that run works."""
+    old = dict(load_config("triplet", "CPU"))
+    del old["cpu_kernels"]
+    old["cpu_conv"] = "onednn"
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(old))
+    with caplog.at_level("WARNING", logger="metric_learn"):
+        cfg = load_config("triplet", "CPU", config_path=str(path))
+    assert cfg.cpu_kernels == "native" and "cpu_conv" not in cfg
+    lines = [r.getMessage() for r in caplog.records if "cpu_conv" in r.getMessage()]
+    assert len(lines) == 1
+    assert "cpu_conv is now cpu_kernels (onednn -> native, mindspore -> mindspore)" in lines[0]
+    assert str(path) in lines[0]
+    old["cpu_conv"] = "mindspore"
+    path.write_text(yaml.safe_dump(old))
+    assert load_config("triplet", "CPU", config_path=str(path)).cpu_kernels == "mindspore"
+
+
+def test_cpu_conv_and_cpu_kernels_together_are_refused():
+    with pytest.raises(ConfigError, match="cpu_conv is the earlier name of cpu_kernels"):
+        load_config("triplet", "CPU", overrides=["cpu_conv=onednn", "cpu_kernels=native"])

@@ -1,5 +1,5 @@
 // Momentum SGD for every parameter in one call, in place: a MindSpore AOT custom kernel
-// (src/training/fused_momentum.py wraps it).
+// (src/kernels/momentum.py wraps it).
 //
 // Why: nn.Momentum runs, per parameter, a Mul and an AddN for the weight decay, a Mul by 1 / loss scale where
 // the scale is not 1, and ApplyMomentum: 2-4 kernels for each of ResNet-50's 161 tensors, 55 ms of a 64² training
@@ -106,7 +106,7 @@ extern "C" int momentum_update(int nparam, void **params, int *ndims, int64_t **
     return 0;
   } catch (const std::exception &e) {
     std::string args = metric_learn::shapes_text(nparam, ndims, shapes);
-    fprintf(stderr, "fused_momentum: momentum_update: %s on shapes %s\n", e.what(), args.c_str());
+    fprintf(stderr, "momentum: momentum_update: %s on shapes %s\n", e.what(), args.c_str());
     return 1;
   }
 }

@@ -1,5 +1,5 @@
-// The thread pool of the custom CPU kernels (onednn_conv.cc, batchnorm.cc, maxpool.cc): n threads (the caller and n - 1
-// workers that sleep between jobs), usable as oneDNN's threadpool and by our own loops (parallel_for).
+// The thread pool of the custom CPU kernels (conv.cc, batchnorm.cc, maxpool.cc, momentum.cc): n threads (the caller
+// and n - 1 workers that sleep between jobs), usable as oneDNN's threadpool and by our own loops (parallel_for).
 #pragma once
 
 #include <atomic>
@@ -83,11 +83,11 @@ class Pool : public dnnl::threadpool_interop::threadpool_iface {
   static inline thread_local bool in_pool_ = false;
 };
 
-// The pool of our own kernels (batchnorm.cc, maxpool.cc; onednn_conv.cc keeps its own for oneDNN), with
-// METRIC_LEARN_ONEDNN_THREADS threads (else every core), and the lock that makes them run one at a time.
+// The pool of our own kernels (batchnorm.cc, maxpool.cc, momentum.cc; conv.cc keeps its own for oneDNN), with
+// METRIC_LEARN_KERNELS_THREADS threads (else every core), and the lock that makes them run one at a time.
 inline Pool &own_kernels_pool() {
   static Pool *pool = [] {
-    const char *t = getenv("METRIC_LEARN_ONEDNN_THREADS");
+    const char *t = getenv("METRIC_LEARN_KERNELS_THREADS");
     int n = t ? atoi(t) : (int)std::thread::hardware_concurrency();
     return new Pool(n > 0 ? n : 1);  // never freed: its threads live as long as the process
   }();

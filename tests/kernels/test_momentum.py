@@ -1,16 +1,16 @@
-"""FusedMomentum (the CPU optimizer with cpu_conv: onednn) against nn.Momentum: the same training steps, bit for
+"""FusedMomentum (the CPU optimizer with cpu_kernels: native) against nn.Momentum: the same training steps, bit for
 bit, with weight decay on some parameters only, a per-step learning rate, a loss scale, and Proxy-Anchor's
-learning-rate groups; and the choice of optimizer by device and config."""
+learning-rate groups."""
 import mindspore as ms
 import numpy as np
 import pytest
 from mindspore import Parameter, Tensor, nn
 
-from src.models import onednn_build
-from src.training.fused_momentum import FusedMomentum, momentum_optimizer
+from src.kernels import build
+from src.kernels.momentum import FusedMomentum
 from src.training.trainer import parameter_groups
 
-pytestmark = pytest.mark.skipif(onednn_build.resolve("onednn", "CPU") != "onednn",
+pytestmark = pytest.mark.skipif(build.resolve(build.NATIVE, "CPU") != build.NATIVE,
                                 reason="our CPU kernels cannot be built here (see the warning)")
 
 
@@ -73,12 +73,6 @@ def test_steps_equal_nn_momentum_bit_for_bit(loss_scale, proxy_lr_multiplier):
     # only through the losses).
     start = train(nn.Momentum, loss_scale, proxy_lr_multiplier, steps=0)[1]
     assert all(not np.array_equal(tensors[name], start[name]) for name in start if "moving" not in name)
-
-
-def test_choice_by_device_and_config():
-    params = network().trainable_params()
-    assert type(momentum_optimizer(params, 0.1, 0.9, 1e-4, 1.0, fused=True)) is FusedMomentum
-    assert type(momentum_optimizer(params, 0.1, 0.9, 1e-4, 1.0, fused=False)) is nn.Momentum
 
 
 def test_a_weight_decay_schedule_is_refused():

@@ -1,4 +1,4 @@
-// The part of oneDNN 3.x's C API that onednn_conv.cc calls, declared here so that building it needs a C++
+// The part of oneDNN 3.x's C API that conv.cc calls, declared here so that building it needs a C++
 // compiler and nothing else (MindSpore ships libdnnl.so.3 but not its headers).
 //
 // The values are the library's ABI, which oneDNN keeps within a major version; they were compared with the
@@ -58,7 +58,7 @@ enum : int {
   DNNL_ARG_DIFF_WEIGHTS = 161,
 };
 
-// The functions, as X(name, return type, parameters): onednn_conv.cc turns this list into function pointers.
+// The functions, as X(name, return type, parameters): conv.cc turns this list into function pointers.
 #define ONEDNN_FUNCTIONS(X)                                                                                      \
   X(dnnl_engine_create, dnnl_status_t, (dnnl_engine_t *, int kind, size_t index))                                \
   X(dnnl_threadpool_interop_stream_create, dnnl_status_t, (dnnl_stream_t *, dnnl_engine_t, void *threadpool))    \

@@ -1,14 +1,14 @@
-"""CpuBatchNorm2d (config cpu_conv: onednn): training-mode BatchNorm (+ ReLU), its gradients and the moving
+"""CpuBatchNorm2d (config cpu_kernels: native): training-mode BatchNorm (+ ReLU), its gradients and the moving
 statistics equal a float64 numpy BatchNorm and MindSpore's nn.BatchNorm2d; inference is nn.BatchNorm2d's."""
 import mindspore as ms
 import numpy as np
 import pytest
 from mindspore import Tensor, nn, ops
 
-from src.models import onednn_build
-from src.models.batchnorm import CpuBatchNorm2d
+from src.kernels import build
+from src.kernels.batchnorm import CpuBatchNorm2d
 
-pytestmark = pytest.mark.skipif(onednn_build.resolve("onednn", "CPU") != "onednn",
+pytestmark = pytest.mark.skipif(build.resolve(build.NATIVE, "CPU") != build.NATIVE,
                                 reason="the custom CPU kernels cannot be built here (see the warning)")
 
 EPS, MOMENTUM = 1e-5, 0.9

@@ -1,5 +1,5 @@
 // BatchNorm in training mode, optionally followed by ReLU, forward and backward, as MindSpore AOT custom kernels
-// (src/models/batchnorm.py wraps them). NCHW float32; statistics per channel over N x H x W.
+// (src/kernels/batchnorm.py wraps them). NCHW float32; statistics per channel over N x H x W.
 //
 // Why: MindSpore 2.10's CPU BatchNorm runs oneDNN's generic `ncsp_bnorm:any` on NCHW, and its BatchNormGrad took
 // twice PyTorch's time (bench/train_results.md); the ReLU after it is one more pass over the tensor each way.
@@ -14,7 +14,7 @@
 //   bn_forward(x, gamma, beta, moving_mean, moving_variance, cfg)
 //       -> y, mean, invstd, new_moving_mean, new_moving_variance
 //   The new moving statistics are also written into moving_mean and moving_variance themselves (the Parameters'
-//   own memory, as fused_momentum.cc writes the weights): CpuBatchNorm2d keeps them so, without an Assign per
+//   own memory, as momentum.cc writes the weights): CpuBatchNorm2d keeps them so, without an Assign per
 //   statistic in the graph (106 of them in ResNet-50 took graph compilation 4-5 s, about half its time on CPU).
 //   bn_backward(dy, x, y, gamma, mean, invstd, cfg) -> dx, dgamma, dbeta
 // cfg: float32[3] = eps, momentum (MindSpore's: moving = momentum * moving + (1 - momentum) * batch), relu (0/1).

@@ -2,13 +2,13 @@
 
 MindSpore 2.10's CPU MaxPool + MaxPoolGrad took 3x PyTorch's time in a training step
 (bench/train_results.md); the forward here keeps each maximum's position, and the gradient scatters dy to it.
-No parameters, so nothing changes in checkpoints. Built with the convolution kernels
-(src/models/onednn_build.py); chosen with them by config key `cpu_conv`.
+No parameters, so nothing changes in checkpoints. Built with the other kernels (src/kernels/build.py); chosen
+with them by config key `cpu_kernels`.
 """
 from mindspore import Tensor, nn, ops
 from mindspore.common import dtype as mstype
 
-from src.models.onednn_build import float32_only, library
+from src.kernels.build import float32_only, library
 
 SAME = -1  # pads of pad_mode "same": computed by the kernel from the input's shape
 
@@ -38,7 +38,7 @@ def pool_kernels(kernel, stride, pads):
     forward = ops.Custom(f"{so}:pool_forward", out_shape=out_shape,
                          out_dtype=lambda x, cfg: (float32_only(x, "CpuMaxPool2d"), mstype.int32), func_type="aot",
                          bprop=bprop)
-    # Custom ops with equal attributes are merged by graph compilation (see onednn_conv.py).
+    # Custom ops with equal attributes are merged by graph compilation (see conv.py).
     for op in (forward, backward):
         op.add_prim_attr("pool_cfg", [kernel, stride, *pads])
     return forward

@@ -1,11 +1,17 @@
-"""OneDnnConv2d: nn.Conv2d computed by onednn_conv.cc's kernels on oneDNN's blocked layouts (CPU).
+"""OneDnnConv2d: nn.Conv2d computed by conv.cc's kernels on oneDNN's blocked layouts (CPU).
 
-Why, and how the kernels are built and chosen (config key `cpu_conv`): src/models/onednn_build.py.
+MindSpore 2.10's CPU Conv2D hands oneDNN plain NCHW tensors, and oneDNN then runs a GEMM-based kernel
+(`x64:gemm:jit`) where PyTorch gets its direct JIT kernels on blocked layouts (`jit:avx512_core`, `jit_1x1`,
+`brgconv`): the convolutions were 316 of the 348 ms by which a training step trailed PyTorch's
+(bench/train_results.md). `OneDnnConv2d` is an `nn.Conv2d` (same parameter, same name, same checkpoints) whose
+forward and gradients are three MindSpore AOT custom kernels (conv.cc) that let the same oneDNN pick the layout:
+they reorder the plain tensors in, run its kernel and reorder the result back. Built with the other kernels
+(src/kernels/build.py); chosen with them by config key `cpu_kernels`.
 """
 from mindspore import Tensor, nn, ops
 from mindspore.common import dtype as mstype
 
-from src.models.onednn_build import library
+from src.kernels.build import library
 
 SAME = -1  # pads of pad_mode "same": computed by the kernel from the input's shape
 
@@ -48,7 +54,7 @@ def conv_kernels(stride, pads):
 
 
 class OneDnnConv2d(nn.Conv2d):
-    """nn.Conv2d (groups 1, no dilation, no bias, NCHW float32) computed by onednn_conv.cc's kernels."""
+    """nn.Conv2d (groups 1, no dilation, no bias, NCHW float32) computed by conv.cc's kernels."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, pad_mode="same", padding=0, **kwargs):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, pad_mode=pad_mode,

@@ -1,21 +1,21 @@
-"""nn.Momentum whose update of every parameter is one custom CPU kernel (fused_momentum.cc).
+"""FusedMomentum: nn.Momentum whose update of every parameter is one custom CPU kernel (momentum.cc).
 
 nn.Momentum runs 2-4 kernels per parameter (weight decay Mul + AddN, the 1 / loss-scale Mul, ApplyMomentum):
 for ResNet-50's 161 tensors 55 ms of a 64² training step on CPU against PyTorch's 15 (bench/train_results.md).
 `FusedMomentum` is an nn.Momentum (same parameters, moments, learning-rate schedule and groups, weight-decay
 filter, loss scale, checkpoints) whose construct hands all parameters, moments and gradients to one kernel that
 updates them in place, with MindSpore's operations in MindSpore's order: the result equals nn.Momentum's bit
-for bit (tests/training/test_fused_momentum.py). The kernel writes the Parameters' memory itself, so it must
+for bit (tests/kernels/test_momentum.py). The kernel writes the Parameters' memory itself, so it must
 run after every read of them in the step: it takes every gradient, and every read of a parameter feeds one.
 
-`momentum_optimizer` chooses it on CPU where our kernels are built (`cpu_conv: onednn`, src/models/onednn_build.py,
-which builds this kernel into the same library); on GPU and Ascend, or with `cpu_conv: mindspore`, nn.Momentum.
+Built with the other kernels (src/kernels/build.py); src/training/optimizer.py's `momentum_optimizer` chooses it
+where they are chosen (config key `cpu_kernels`), nn.Momentum elsewhere.
 """
 import numpy as np
 from mindspore import Tensor, nn, ops
 from mindspore.common import dtype as mstype
 
-from src.models.onednn_build import float32_only, library
+from src.kernels.build import float32_only, library
 
 
 def _done_shape(*_):
@@ -53,9 +53,3 @@ class FusedMomentum(nn.Momentum):
         lr = ops.stack(lr) if self.is_group_lr else ops.reshape(lr, (1,))
         return self.update(*self.params, *self.moments, *gradients, lr, self.hyper)
 
-
-def momentum_optimizer(params, learning_rate, momentum, weight_decay, loss_scale, fused):
-    """FusedMomentum where `fused` (CPU with our kernels built), else nn.Momentum; the same arguments."""
-    cls = FusedMomentum if fused else nn.Momentum
-    return cls(params, learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay,
-               loss_scale=loss_scale)

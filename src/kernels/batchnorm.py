@@ -8,12 +8,12 @@ moving statistics in place, in the Parameters' own memory (MindSpore's conventio
 (1 - momentum) * batch, the unbiased batch variance). Nothing else in a training step reads them, and an Assign
 of each (106 in ResNet-50) took graph compilation 4-5 s, about half its time on CPU. In inference, or frozen
 (use_batch_statistics=False), it is nn.BatchNorm2d's own computation followed by the ReLU. Built with the
-convolution kernels (src/models/onednn_build.py); chosen with them by config key `cpu_conv`.
+other kernels (src/kernels/build.py); chosen with them by config key `cpu_kernels`.
 """
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from src.models.onednn_build import float32_only, library
+from src.kernels.build import float32_only, library
 
 
 def _forward_shapes(x, gamma, beta, moving_mean, moving_variance, cfg):
@@ -40,7 +40,7 @@ def batchnorm_kernels(relu):
 
     forward = ops.Custom(f"{so}:bn_forward", out_shape=_forward_shapes, out_dtype=_forward_dtypes,
                          func_type="aot", bprop=bprop)
-    # Custom ops with equal attributes are merged by graph compilation (see onednn_conv.py).
+    # Custom ops with equal attributes are merged by graph compilation (see conv.py).
     for op in (forward, backward):
         op.add_prim_attr("bn_relu", bool(relu))
     return forward

@@ -1,4 +1,4 @@
-// Max pooling, forward and backward, as MindSpore AOT custom kernels (src/models/maxpool.py wraps them).
+// Max pooling, forward and backward, as MindSpore AOT custom kernels (src/kernels/maxpool.py wraps them).
 // NCHW float32, square window and stride, padding by -infinity.
 //
 // Why: MindSpore 2.10's CPU MaxPool and MaxPoolGrad took 3x PyTorch's time in a training step

@@ -1,14 +1,16 @@
 // Convolution forward, backward-data and backward-weights on oneDNN's blocked layouts, as MindSpore AOT custom
-// kernels (ops.Custom(func_type="aot"); src/models/onednn_conv.py builds, loads and wraps them).
+// kernels (ops.Custom(func_type="aot"); src/kernels/conv.py wraps them, build.py builds them).
 //
 // Why: MindSpore 2.10's CPU Conv2D hands oneDNN plain NCHW tensors, so oneDNN runs a GEMM-based kernel (or, on
 // AVX-512 CPUs, a reference one: src/runtime/env.py). Asked for "any" layout, the same library picks its
 // direct JIT kernels on blocked layouts (jit:avx512_core, jit_1x1, brgconv), as PyTorch gets. Each call here
 // reorders the plain inputs into the layouts the kernel chose, runs it and reorders the result back.
 //
-// oneDNN is MindSpore's own libdnnl.so.3, loaded from a private copy (path in METRIC_LEARN_ONEDNN_LIB) so that
-// its CPU dispatch is its own: METRIC_LEARN_ONEDNN_UNCAP=1 lifts the AVX2 cap that MindSpore's copy runs under.
-// Threads: METRIC_LEARN_ONEDNN_THREADS (read once, at the first call).
+// oneDNN is MindSpore's own libdnnl.so.3, loaded from a private copy (path in METRIC_LEARN_KERNELS_LIB) so that
+// its CPU dispatch is its own: METRIC_LEARN_KERNELS_UNCAP=1 lifts the AVX2 cap that MindSpore's copy runs under.
+// Threads: METRIC_LEARN_KERNELS_THREADS (read once, at the first call). build.py sets all three before the first
+// call. METRIC_LEARN_KERNELS_VERBOSE (or its earlier name METRIC_LEARN_ONEDNN_VERBOSE), set by a user: each new
+// convolution prints the oneDNN implementation it runs.
 //
 // Kernel signature (MindSpore's AOT convention): params = inputs then the output, shapes / ndims alike.
 //   conv_forward(x, w, cfg) -> y             cfg: int64[6] = stride h, stride w, pad top, bottom, left, right
@@ -73,10 +75,10 @@ struct Runtime {
 Runtime *runtime() {
   static Runtime *rt = [] {
     auto *r = new Runtime();
-    const char *path = getenv("METRIC_LEARN_ONEDNN_LIB");
+    const char *path = getenv("METRIC_LEARN_KERNELS_LIB");
     void *h = path ? dlopen(path, RTLD_NOW | RTLD_LOCAL) : nullptr;
     if (!h) {
-      r->error = std::string("cannot load oneDNN: ") + (path ? dlerror() : "METRIC_LEARN_ONEDNN_LIB unset");
+      r->error = std::string("cannot load oneDNN: ") + (path ? dlerror() : "METRIC_LEARN_KERNELS_LIB unset");
       return r;
     }
 #define LOAD(name, ret, params)                                        \
@@ -87,13 +89,13 @@ Runtime *runtime() {
   }
     ONEDNN_FUNCTIONS(LOAD)
 #undef LOAD
-    const char *uncap = getenv("METRIC_LEARN_ONEDNN_UNCAP");
+    const char *uncap = getenv("METRIC_LEARN_KERNELS_UNCAP");
     if (uncap && uncap[0] == '1') r->api.dnnl_set_max_cpu_isa(dnnl_cpu_isa_default);
     if (r->api.dnnl_engine_create(&r->engine, dnnl_cpu, 0) != dnnl_success) {
       r->error = "cannot create a oneDNN CPU engine";
       return r;
     }
-    const char *t = getenv("METRIC_LEARN_ONEDNN_THREADS");
+    const char *t = getenv("METRIC_LEARN_KERNELS_THREADS");
     int n = t ? atoi(t) : (int)std::thread::hardware_concurrency();
     r->pool.reset(new Pool(n > 0 ? n : 1));
     if (r->api.dnnl_threadpool_interop_stream_create(&r->stream, r->engine, r->pool.get()) != dnnl_success)
@@ -223,8 +225,8 @@ Kernel *kernel(Runtime *rt, Kind kind, const int64_t *xs, const int64_t *ws, con
   a.dnnl_memory_desc_destroy(xa);
   a.dnnl_memory_desc_destroy(wa);
   a.dnnl_memory_desc_destroy(ya);
-  if (getenv("METRIC_LEARN_ONEDNN_VERBOSE"))
-    fprintf(stderr, "onednn_conv kind %d x %ldx%ldx%ldx%ld w %ldx%ldx%ldx%ld: %s\n", kind, xs[0], xs[1], xs[2], xs[3],
+  if (getenv("METRIC_LEARN_KERNELS_VERBOSE") || getenv("METRIC_LEARN_ONEDNN_VERBOSE"))
+    fprintf(stderr, "conv kind %d x %ldx%ldx%ldx%ld w %ldx%ldx%ldx%ld: %s\n", kind, xs[0], xs[1], xs[2], xs[3],
             ws[0], ws[1], ws[2], ws[3], k->impl.c_str());
   cache[key] = k;
   return k;
@@ -280,7 +282,7 @@ int launch(Kind kind, int nparam, void **params, int64_t **shapes, int *ndims) {
               std::to_string(cfg[2]) + " " + std::to_string(cfg[3]) + " " + std::to_string(cfg[4]) + " " +
               std::to_string(cfg[5]);
     }
-    fprintf(stderr, "onednn_conv: %s: %s on shapes %s\n", kind == FWD ? "conv_forward" :
+    fprintf(stderr, "conv: %s: %s on shapes %s\n", kind == FWD ? "conv_forward" :
             kind == BWD_DATA ? "conv_backward_data" : "conv_backward_weights", e.what(), args.c_str());
     return 1;
   }

@@ -1,14 +1,14 @@
-"""CpuMaxPool2d (config cpu_conv: onednn): the same output and gradient as a brute-force numpy max pool and as
+"""CpuMaxPool2d (config cpu_kernels: native): the same output and gradient as a brute-force numpy max pool and as
 MindSpore's nn.MaxPool2d, for the stem's 3x3 / stride 2 pool under both padding conventions."""
 import mindspore as ms
 import numpy as np
 import pytest
 from mindspore import Tensor, nn
 
-from src.models import onednn_build
-from src.models.maxpool import CpuMaxPool2d
+from src.kernels import build
+from src.kernels.maxpool import CpuMaxPool2d
 
-pytestmark = pytest.mark.skipif(onednn_build.resolve("onednn", "CPU") != "onednn",
+pytestmark = pytest.mark.skipif(build.resolve(build.NATIVE, "CPU") != build.NATIVE,
                                 reason="the custom CPU kernels cannot be built here (see the warning)")
 
 
