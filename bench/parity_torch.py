@@ -7,7 +7,7 @@
 
 PyTorch (torch==2.13.0, pytorch-metric-learning==2.9.0) is a benchmark-only dependency, as in bench_train.py.
 
-Start: torchvision's ResNet-50 layout with seeded random weights (tests/models/torchvision_reference.py's
+Start: torchvision's ResNet-50 layout with seeded random weights (bench/torchvision_reference.py's
 random_state_dict, He-normal convolutions, BatchNorm statistics of order one, an fc layer over the training
 classes), by default then trained by PyTorch for --pretrain-steps softmax steps on the demo photos (--start
 trained: a stand-in for the ImageNet weights every stage of the seed starts from, which cannot be downloaded
@@ -180,7 +180,7 @@ def start_weights(pth, classes, seed=0, calm=False):
         from src.models.torch_weights import read_weights
 
         return {name: np.asarray(value) for name, value in read_weights(pth).items()}
-    from tests.models.torchvision_reference import random_state_dict
+    from bench.torchvision_reference import random_state_dict
 
     state = random_state_dict(seed, classes=classes)
     return calm_residuals(state) if calm else state
@@ -815,7 +815,7 @@ def main(argv=None):
         ckpt = os.path.join(work, "start.ckpt")
         pth = args.pth if args.pth and not args.new_fc else os.path.join(work, "start.pth")
         if pth != args.pth:
-            from tests.models.torchvision_reference import write_pth
+            from bench.torchvision_reference import write_pth
 
             write_pth(pth, state)
         subprocess.run([sys.executable, "-m", "src.convert_weights", pth, ckpt, "--with_fc"], cwd=ROOT, check=True,

@@ -32,7 +32,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.models.torchvision_reference import random_state_dict
+from bench.torchvision_reference import random_state_dict
 from tests.paths import FIXTURES, ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "bench"))
