@@ -67,25 +67,24 @@ step at which the losses part by more than 1e-4 or a tensor by more than 1e-3, w
 per step), ..., "torch_native": {...}, "torch_ulp": {...}}}} (the floors' same keys, their own rows; with
 --float64 "torch_f64" too).
 """
-import os
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-from src.runtime import env as runtime_env  # noqa: E402  (first: CPU dispatch and BLAS kernel, before numpy loads)
+import _bootstrap  # noqa: F401  (first: the repository on sys.path, src.runtime.env before numpy loads)
 
 # isort: split
 import argparse
 import json
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import zlib
 
 import numpy as np
-from torch_resnet import torchvision_resnet50
+
+from bench import common
+from bench.torch_models import torchvision_resnet50
+from src.runtime import env as runtime_env
 
 STAGES = ("softmax", "triplet", "quadruplet", "multisimilarity", "proxyanchor")
 PK_STAGES = ("quadruplet", "multisimilarity")
@@ -140,17 +139,10 @@ def stage_config(stage, image_size, batch, class_num, steps, **overrides):
 
 
 def build_photos(path, image_size):
-    from src.data.demo_photos import make_photo_dataset
-    from src.data.sop_lists import prepare_lists
-
-    if not os.path.exists(os.path.join(path, "train.txt")):
-        spec = dict(DATA)
-        make_photo_dataset(path + ".partial", spec.pop("grid"), spec.pop("views"), image_size, seed=0,
-                           test_regions=spec.pop("test_regions"), **spec)
-        prepare_lists(path + ".partial", path + ".partial")
-        os.replace(path + ".partial", path)
+    """The demo photos at `image_size` px (built once at `path`); their training list."""
     from src.data.image_list import read_image_list
 
+    common.build_photo_set(path, image_size, **DATA)
     return read_image_list(os.path.join(path, "train.txt"), path)
 
 
@@ -531,11 +523,7 @@ def run_job(out, stage, cfg, inputs, state_path, sides, **extra):
 
 
 def run_worker(side, job_path):
-    env = dict(os.environ, PYTHONPATH=ROOT, GLOG_v="3", PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", side, job_path], env=env,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{side} worker failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    common.run_script(__file__, ["--worker", side, job_path], f"{side} worker")
 
 
 def initial_proxies(cfg, seed=0):
@@ -818,8 +806,8 @@ def main(argv=None):
             from bench.torchvision_reference import write_pth
 
             write_pth(pth, state)
-        subprocess.run([sys.executable, "-m", "src.convert_weights", pth, ckpt, "--with_fc"], cwd=ROOT, check=True,
-                       env=dict(os.environ, PYTHONPATH=ROOT, GLOG_v="3"), capture_output=True)
+        subprocess.run([sys.executable, "-m", "src.convert_weights", pth, ckpt, "--with_fc"], cwd=common.ROOT,
+                       check=True, env=common.child_env(), capture_output=True)
         # --resync: PyTorch's run first, its states (with momentum) are where the others take each step from
         sides, ours, floors = (("torch",) + RESYNC, RESYNC[0], RESYNC[1:]) if args.resync else (SIDES, "ms", FLOORS)
         if args.float64:
@@ -848,16 +836,14 @@ def main(argv=None):
             start += "; config changed: " + " ".join(args.set)
         if args.resync:
             start += "; each step from PyTorch's state (--resync)"
-        header = (f"{runtime_env.cpu_class()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}; start: {start}; "
+        header = (f"{common.machine_and_date()}; start: {start}; "
                   f"{args.steps} steps at {args.image_size} px, float32, CPU; " + "; ".join(versions()[:3]))
         table = markdown(results, header, floors)
         log(table)
         if args.markdown:
-            with open(args.markdown, "w") as f:
-                f.write(table)
+            common.write_report(args.markdown, table)
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"stages": results, "header": header}, f, indent=1)
+            common.write_json(args.json, {"stages": results, "header": header})
         met = all(r["max_rel_loss_diff"] <= LOSS_TOL and r["max_rel_param_diff"] <= PARAM_TOL
                   for r in results.values())
         log("targets (loss <= 1e-4, params <= 1e-3): " + ("met" if met else "NOT met"))
