@@ -2,7 +2,7 @@
 
 Usage:
   python bench/bench_cpu_isa.py [--settings ALL ours AVX2 ...] [--runs train64b33 eval224b32 ...] [--steps 3]
-                                [--verbose-size 32] [--markdown bench/cpu_isa_results.md]
+                                [--verbose-size 32] [--markdown bench/results/cpu_isa_results.md]
 
 For each setting of ONEDNN_MAX_CPU_ISA (`ALL` = oneDNN's default, what MindSpore runs
 when nothing is set; `ours` = what src/runtime/env.py chooses on this CPU) and each run, a subprocess times the bare

@@ -23,7 +23,7 @@ history.csv read back); every evaluation is Recall@1 and MAP@R over the test pro
   seeds 2, 3: softmax from scratch and the recipe from its end point again, for the per-seed gain table.
 
 The table and the plot (Recall@1 and MAP@R against epoch, baselines as lines) go to --markdown and --plot.
-Took 84 min (5042 s) on 2 idle cores of an AMD EPYC with AVX-512, 3 seeds (bench/learning_results.md).
+Took 84 min (5042 s) on 2 idle cores of an AMD EPYC with AVX-512, 3 seeds (bench/results/learning_results.md).
 """
 import _bootstrap  # noqa: F401  (first: the repository on sys.path, src.runtime.env before numpy loads)
 

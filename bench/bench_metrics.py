@@ -1,7 +1,7 @@
 """Time and memory of the retrieval metrics next to the seed's algorithm, faiss and the GEMM floor.
 
 Usage: python bench/bench_metrics.py [--sizes 5000 20000 60502] [--dims 512 2048] [--quick]
-           [--seed-max-n 20000] [--faiss-max-n 60502] [--output bench/metrics_results.md]
+           [--seed-max-n 20000] [--faiss-max-n 60502] [--output bench/results/metrics_results.md]
 
 Features: SOP-like synthetic data (class sizes 2..12, mean ~5.3; class centre + Gaussian noise,
 tuned so that the ranks look like a trained model's, Recall@1 ~0.6-0.7). Every method runs in its own

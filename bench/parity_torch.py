@@ -2,7 +2,8 @@
 
     python bench/parity_torch.py [--steps 20] [--image-size 64] [--batch 60] [--stages softmax triplet ...]
                                  [--start trained|random|calm] [--pretrain-steps 200] [--pth resnet50.pth] [--new-fc]
-                                 [--set KEY=VALUE ...] [--resync] [--json OUT] [--markdown bench/parity_results.md]
+                                 [--set KEY=VALUE ...] [--resync] [--json OUT]
+                                 [--markdown bench/results/parity_results.md]
     python bench/parity_torch.py --write-fixture tests/fixtures/parity_reference.npz   (2 steps, 32 px, batch 12)
 
 PyTorch (torch==2.13.0, pytorch-metric-learning==2.9.0) is a benchmark-only dependency, as in bench_train.py.
@@ -15,7 +16,7 @@ here; cached beside the photos), or a given .pth; with --new-fc its fc layer dra
 stage puts a new classifier on its ImageNet backbone); written as a .pth and converted with
 `python -m src.convert_weights --with_fc` (the user's path; the checkpoint records backbone_padding: symmetric,
 i.e. torchvision's padding and BatchNorm eps). From the random weights themselves (--start random) the steps are
-ill-conditioned: two correct float32 runs part after one or two steps (bench/parity_results.md has both). With
+ill-conditioned: two correct float32 runs part after one or two steps (bench/results/parity_results.md has both). With
 --start calm, the random weights with each residual branch's last BatchNorm scale a tenth as large
 (calm_residuals), the first steps are well conditioned: the suite's fixture starts there (--write-fixture).
 Batches: taken once from our data pipeline (create_dataset with the stage's sampler and augmentation, seed 1) on
@@ -57,7 +58,7 @@ before each of their steps (ours: the Parameters and the optimizer's moments), s
 step's alone and is not carried into the next. Where the default runs part because a trajectory amplifies
 rounding (softmax at lr 0.3), this shows whether each step taken is still PyTorch's; the update compared is the
 step's own (from PyTorch's state before it). The loading is checked by its effect: with the moments loaded at
-half or none of their values the step's update differs by 0.6 or 1.2 (bench/parity_results.md).
+half or none of their values the step's update differs by 0.6 or 1.2 (bench/results/parity_results.md).
 
 Printed per stage: the loss of every step on both sides, the largest relative difference of the losses, of
 every parameter and BatchNorm moving statistic after every step (max |ours - torch| / max |torch| per tensor)
@@ -182,7 +183,7 @@ def calm_residuals(state, scale=CALM_SCALE):
     """`state` with the scale (gamma) of every bottleneck's last BatchNorm times `scale`: each residual branch
     adds little to its shortcut at first, as torchvision's zero_init_residual (which zeroes them) starts a ResNet
     for large learning rates. The first steps from such random weights are well conditioned: two correct float32
-    runs keep together through the fixture's 2 steps (bench/parity_results.md), where from random_state_dict's
+    runs keep together through the fixture's 2 steps (bench/results/parity_results.md), where from random_state_dict's
     own scales they part by 10-50% at step 2. Not zero: a zero scale stops every gradient to the branch."""
     return {name: value * np.float32(scale) if name.endswith(".bn3.weight") else value
             for name, value in state.items()}
@@ -754,7 +755,7 @@ def parse_args(argv=None):
                         help="one more floor: PyTorch in float64 against PyTorch in float32 (how far PyTorch's "
                              "float32 run is from the exact trajectory)")
     parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--markdown", help="write the table here (e.g. bench/parity_results.md)")
+    parser.add_argument("--markdown", help="write the table here (e.g. bench/results/parity_results.md)")
     parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "metric_learn_parity_data"))
     parser.add_argument("--work-dir", help="scratch folder (default: a temporary one, removed at the end)")
     parser.add_argument("--write-fixture", metavar="NPZ", help="write the suite's fixture (2 steps, 32 px, batch 12)")
