@@ -1,5 +1,6 @@
-"""What the bench scripts share: the repository's paths, child processes and their result lines, timing, the
-machine's label for reports, the demo photo set, and writing reports (atomically, through src.runtime.atomic_file)."""
+"""What the bench scripts share: the repository's path, child processes and their result lines, timing, the
+machine's label for reports, the demo photo set, and writing reports (atomically, through src.runtime.atomic_file).
+The measured results the READMEs cite are kept in bench/results/."""
 import json
 import os
 import subprocess
@@ -12,8 +13,6 @@ from src.runtime import env as runtime_env
 from src.runtime.atomic_file import atomic_path, write_atomic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(ROOT, "bench")
-RESULTS = os.path.join(BENCH, "results")  # the measured results the READMEs cite: markdown tables, JSON, PNGs
 # A worker subprocess prints its result as one line: this tag, then JSON.
 RESULT_TAG = "BENCH_RESULT "
 JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
@@ -25,7 +24,7 @@ TUNED_MALLOC_CONF = "oversize_threshold:0,background_thread:true,metadata_thp:au
 
 def child_env(environ=None, **overrides):
     """Environment for a child process (`environ`, default this one's): the repository importable, MindSpore's C++
-    side at warnings (GLOG_v 3: errors only; pass GLOG_v to choose), output unbuffered; `overrides` on top."""
+    log at errors only (GLOG_v 3; pass GLOG_v to choose), output unbuffered; `overrides` on top."""
     base = os.environ if environ is None else environ
     return {**base, "PYTHONPATH": ROOT, "GLOG_v": "3", "PYTHONUNBUFFERED": "1", **overrides}
 
