@@ -15,21 +15,18 @@ calls on the same data (warm caches) or, with `--cold`, of 3 calls each after wr
 from memory, as in a training step). Reported: the best trial per call, summed per layer shape, in ms, and the
 largest relative difference of our outputs to PyTorch's (a candidate that disagrees is no candidate).
 """
-import os
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-import src.runtime.env  # noqa: E402,F401  (first: CPU dispatch and BLAS kernel, before numpy loads)
+import _bootstrap  # noqa: F401  (first: the repository on sys.path, src.runtime.env before numpy loads)
 
 # isort: split
 import argparse
 import collections
 import ctypes
+import os
 import time
 
 import numpy as np
+
+from bench.common import relative_difference
 
 EPS, MOMENTUM = 1e-5, 0.9
 
@@ -155,8 +152,7 @@ def main():
         reference = candidates["torch"][2]
         for name in names:
             for key, value in candidates[name][2].items():
-                diff = np.abs(value - reference[key]).max() / max(np.abs(reference[key]).max(), 1e-30)
-                worst[name] = max(worst[name], float(diff))
+                worst[name] = max(worst[name], relative_difference(value, reference[key]))
         best = collections.defaultdict(lambda: float("inf"))
         for _ in range(args.trials):
             for name, (forward, backward, _) in candidates.items():

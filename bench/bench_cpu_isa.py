@@ -2,7 +2,7 @@
 
 Usage:
   python bench/bench_cpu_isa.py [--settings ALL ours AVX2 ...] [--runs train64b33 eval224b32 ...] [--steps 3]
-                                [--verbose-size 32] [--markdown bench/cpu_isa_results.md]
+                                [--verbose-size 32] [--markdown bench/results/cpu_isa_results.md]
 
 For each setting of ONEDNN_MAX_CPU_ISA (`ALL` = oneDNN's default, what MindSpore runs
 when nothing is set; `ours` = what src/runtime/env.py chooses on this CPU) and each run, a subprocess times the bare
@@ -18,24 +18,27 @@ Then, per setting, one training step and one extraction at `--verbose-size` run 
 and every executed primitive is listed as kind / implementation / pass with its call count. Ours is the
 fastest setting whose primitives include no reference kernel.
 """
-import os
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-from src.runtime import env as runtime_env  # (first: CPU dispatch and BLAS kernel, before numpy loads)
+import _bootstrap  # noqa: F401  (first: the repository on sys.path, src.runtime.env before numpy loads)
 
 # isort: split
 import argparse
-import json
-import subprocess
+import os
+import sys
 import tempfile
-import time
 
 import numpy as np
 
-RESULT_TAG = "ISA_RESULT "
+from bench.common import (
+    child_env,
+    print_result,
+    read_result,
+    relative_difference,
+    run_script,
+    time_calls,
+    write_report,
+)
+from src.runtime import env as runtime_env
+
 RUNS = {"train64b33": ("train", 64, 33), "train224b9": ("train", 224, 9),
         "eval64b32": ("eval", 64, 32), "eval224b32": ("eval", 224, 32)}
 SETTINGS = ("ALL", "ours", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX", "SSE41", "AVX512_CORE", "AVX512_CORE_VNNI",
@@ -68,20 +71,15 @@ def worker(kind, size, batch, steps, features_path):
         net.set_train(False)
         call = lambda: net(x).asnumpy()  # noqa: E731
     first = call()  # compiles; its output is the one compared across settings
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
+    times = time_calls(call, steps)
     np.save(features_path, np.asarray(first, dtype=np.float64))
-    print(RESULT_TAG + json.dumps({"times": times}), flush=True)
+    print_result({"times": times})
 
 
 def setting_env(setting):
     """Environment for a measured process: `ours` lets src.runtime.env choose, anything else is
     ONEDNN_MAX_CPU_ISA=<setting> as a user would export it (ALL is oneDNN's default: no cap)."""
-    env = {k: v for k, v in os.environ.items() if k not in (*runtime_env.ONEDNN_VARS, runtime_env.MARKER)}
-    env.update(PYTHONPATH=ROOT, GLOG_v="3", PYTHONUNBUFFERED="1")
+    env = child_env({k: v for k, v in os.environ.items() if k not in (*runtime_env.ONEDNN_VARS, runtime_env.MARKER)})
     if setting != "ours":
         env["ONEDNN_MAX_CPU_ISA"] = setting
     return env
@@ -92,22 +90,16 @@ def run_worker(setting, kind, size, batch, steps, out_dir, verbose=False, timeou
     env = setting_env(setting)
     if verbose:
         env["ONEDNN_VERBOSE"] = "1"
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", kind, str(size), str(batch),
-                           str(steps), path], env=env, capture_output=True, text=True, timeout=timeout)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{setting} {kind} {size}: exit {proc.returncode}\n{(proc.stdout + proc.stderr)[-3000:]}")
-    result = json.loads(lines[-1][len(RESULT_TAG):])
+    what = f"{setting} {kind} {size}"
+    proc = run_script(__file__, ["--worker", kind, str(size), str(batch), str(steps), path], what, env=env,
+                      timeout=timeout)
+    result = read_result(proc, what)
     result["output"] = np.load(path)
     if verbose:
         result["primitives"] = runtime_env.onednn_primitives(proc.stdout)
         isa = [line for line in proc.stdout.splitlines() if ",info,cpu,isa:" in line]
         result["isa"] = isa[0].split("isa:", 1)[1].strip() if isa else "?"
     return result
-
-
-def relative_difference(a, b):
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
 
 
 def main(argv=None):
@@ -157,8 +149,7 @@ def main(argv=None):
     text = format_report(header, args, verbose, reference_impls, timings)
     print(text)
     if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text + "\n")
+        write_report(args.markdown, text)
     return 0
 
 

@@ -4,29 +4,22 @@ Usage: python bench/bench_data.py [--images 200] [--image-size 224] [--workers 1
 Generates ~500x500 JPEGs in a temporary folder, then times create_dataset("shuffle") (decode,
 RandomResizedCrop, flip, normalise, CHW, batch) per worker count against cv2 calls in a loop.
 """
-import os
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-import src.runtime.env  # noqa: E402,F401  (first: CPU dispatch and BLAS kernel, before numpy loads)
+import _bootstrap  # noqa: F401  (first: the repository on sys.path, src.runtime.env before numpy loads)
 
 # isort: split
 import argparse
+import os
+import sys
 import tempfile
 import time
 
 import cv2
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import synthetic_images  # noqa: E402
-
+from bench import synthetic_images
 from src.data.dataset import create_dataset
-from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD, random_resized_crop_box  # noqa: E402
-from src.runtime.log import get_logger, setup_logging  # noqa: E402
+from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD, random_resized_crop_box
+from src.runtime.log import get_logger, setup_logging
 
 logger = get_logger()
 

@@ -11,17 +11,15 @@ data, its softmax stage and the variants it already ran (quadruplet, quadruplet-
 is a real train.py run from the softmax stage's final checkpoint, evaluated on the test products after every
 epoch; the table gives Recall@1 after each epoch, MAP@R at the end and the change from the start.
 """
-import os
-import sys
-
-BENCH = os.path.dirname(os.path.abspath(__file__))
-if BENCH not in sys.path:
-    sys.path.insert(0, BENCH)
-import bench_learning as learning  # noqa: E402  (first: it sets up the CPU dispatch before numpy loads)
+import _bootstrap  # noqa: F401  (first: the repository on sys.path, src.runtime.env before numpy loads)
 
 # isort: split
 import argparse
+import os
 import time
+
+from bench import bench_learning as learning
+from bench import common
 
 
 def with_option(options, key, value):
@@ -61,7 +59,7 @@ def ensure_start(out, quick):
     softmax history rows, final softmax checkpoint)."""
     data = os.path.join(out, "data")
     spec = learning.QUICK_DATA if quick else learning.DATA
-    learning.build_data(data, spec)
+    common.build_photo_set(data, **spec)
     class_num = learning.read_list(data, "train.txt").num_classes
     loss, epochs, options = learning.stage_plan("softmax", quick)
     rows, ckpts = learning.train_stage(out, data, "softmax", loss, epochs, options, spec["size"],
@@ -90,7 +88,7 @@ def markdown(header, start_rows, results):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--output-dir", default=os.path.join(learning.ROOT, "bench_learning_output"),
+    parser.add_argument("--output-dir", default=os.path.join(common.ROOT, "bench_learning_output"),
                         help="bench_learning's output directory (re-running reuses its data, stages and variants)")
     parser.add_argument("--markdown", help="write the table here")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma list of variants to run")
@@ -116,14 +114,12 @@ def main(argv=None):
         rows, _ = learning.train_stage(out, data, name, loss, epochs, options, size, ckpt=start_ckpt,
                                        class_num=class_num if loss == "softmax" else None)
         results[name] = (question, rows)
-    header = (f"{learning.runtime_env.cpu_class()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}; "
-              f"bench_learning's set (seed 1); {time.monotonic() - start:.0f} s (stages already run are reused)")
+    header = (f"{common.machine_and_date()}; bench_learning's set (seed 1); {time.monotonic() - start:.0f} s "
+              f"(stages already run are reused)")
     table = markdown(header, start_rows, results)
     print(table)
     if args.markdown:
-        from src.runtime.atomic_file import write_atomic
-
-        write_atomic(args.markdown, table)
+        common.write_report(args.markdown, table)
 
 
 if __name__ == "__main__":

@@ -23,23 +23,23 @@ history.csv read back); every evaluation is Recall@1 and MAP@R over the test pro
   seeds 2, 3: softmax from scratch and the recipe from its end point again, for the per-seed gain table.
 
 The table and the plot (Recall@1 and MAP@R against epoch, baselines as lines) go to --markdown and --plot.
-Took 84 min (5042 s) on 2 idle cores of an AMD EPYC with AVX-512, 3 seeds (bench/learning_results.md).
+Took 84 min (5042 s) on 2 idle cores of an AMD EPYC with AVX-512, 3 seeds (bench/results/learning_results.md).
 """
-import os
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-from src.runtime import env as runtime_env  # noqa: E402  (first: CPU dispatch and BLAS kernel, before numpy loads)
+import _bootstrap  # noqa: F401  (first: the repository on sys.path, src.runtime.env before numpy loads)
 
 # isort: split
 import argparse
+import functools
+import os
 import re
 import subprocess
+import sys
 import time
 
 import numpy as np
+
+from bench import common
+from bench.common import ROOT
 
 DATA = {"grid": 5, "test_regions": 5, "views": 10, "size": 32, "rotation": 180.0, "flip": True}
 QUICK_DATA = {"grid": 2, "test_regions": 1, "views": 4, "size": 32, "rotation": 180.0, "flip": True,
@@ -68,13 +68,12 @@ QUICK_STAGE_OPTIONS = {"quadruplet": ["--samples_each_class", "2", "--batch_size
                        "bn_only": ["--batch_size", "8"]}
 
 
-def log(message):
-    print(f"[bench_learning {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+log = functools.partial(common.log, "bench_learning")
 
 
 def run(args, log_path):
     """Run a command with its output in log_path; a failure raises naming the log's last lines."""
-    env = dict(os.environ, PYTHONPATH=ROOT, GLOG_v=os.environ.get("GLOG_v", "2"), PYTHONUNBUFFERED="1")
+    env = common.child_env(GLOG_v=os.environ.get("GLOG_v", "2"))
     with open(log_path, "w") as f:
         proc = subprocess.run(args, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     with open(log_path) as f:
@@ -94,19 +93,25 @@ def parse_metrics(text):
     return {"recall@1": float(recall.group(1)), "map@r": float(map_r.group(1))}
 
 
-def build_data(path, spec):
-    from src.data.demo_photos import PHOTOS, make_photo_dataset
-    from src.data.sop_lists import prepare_lists
+def eval_options(data, size):
+    """eval.py's options for the test products of `data` at `size` px (the first six: src.evaluation.baselines')."""
+    return ["--dataset_path", data, "--eval_list", "test.txt", "--recall_ks", "1,10", "--image_size", str(size),
+            "--eval_batch_size", "64"]
 
-    if os.path.exists(os.path.join(path, "test.txt")):
-        return
-    spec = dict(spec)
-    photos = spec.pop("photos", PHOTOS)
-    viewpoint = {"rotation": spec.pop("rotation"), "flip": spec.pop("flip")}
-    make_photo_dataset(path + ".partial", spec["grid"], spec["views"], spec["size"], seed=0, photos=photos,
-                       test_regions=spec["test_regions"], **viewpoint)
-    prepare_lists(path + ".partial", path + ".partial")
-    os.replace(path + ".partial", path)
+
+def untrained_baselines(out, data, size):
+    """{name: {recall@1, map@r}} on the test products of what needs no training: the best raw-pixel nearest
+    neighbours and the untrained backbone (logs in `out`)."""
+    options = eval_options(data, size)
+    log("raw-pixel baseline")
+    text = run([sys.executable, "-m", "src.evaluation.baselines", *options[:6]], os.path.join(out, "raw_pixels.log"))
+    best = re.search(r"^best: raw pixels (.+)$", text, re.M).group(1)
+    baselines = {f"raw pixels ({best})": parse_metrics(text)}
+    log("untrained backbone")
+    text = run([sys.executable, os.path.join(ROOT, "eval.py"), "--random_init", *options],
+               os.path.join(out, "untrained.log"))
+    baselines["untrained backbone"] = parse_metrics(text)
+    return baselines
 
 
 def read_list(data, name):
@@ -313,22 +318,11 @@ def main(argv=None):
     spec = QUICK_DATA if args.quick else DATA
     data = os.path.join(out, "data")
     start = time.monotonic()
-    build_data(data, spec)
+    common.build_photo_set(data, **spec)
     size = spec["size"]
     train_list, test_list = read_list(data, "train.txt"), read_list(data, "test.txt")
     class_num = train_list.num_classes
-    common = ["--dataset_path", data, "--eval_list", "test.txt", "--recall_ks", "1,10", "--image_size", str(size),
-              "--eval_batch_size", "64"]
-
-    baselines = {}
-    log("raw-pixel baseline")
-    text = run([sys.executable, "-m", "src.evaluation.baselines", *common[:6]], os.path.join(out, "raw_pixels.log"))
-    best = re.search(r"^best: raw pixels (.+)$", text, re.M).group(1)
-    baselines[f"raw pixels ({best})"] = parse_metrics(text)
-    log("untrained backbone")
-    text = run([sys.executable, os.path.join(ROOT, "eval.py"), "--random_init", *common],
-               os.path.join(out, "untrained.log"))
-    baselines["untrained backbone"] = parse_metrics(text)
+    baselines = untrained_baselines(out, data, size)
 
     def epochs(name):
         return stage_plan(name, args.quick)[1]
@@ -338,8 +332,7 @@ def main(argv=None):
 
     rows, _ = train_stage(out, data, "bn_only", "softmax", epochs("bn_only"), options("bn_only"), size,
                           class_num=class_num)
-    baselines["BatchNorm statistics only (lr 0)"] = {"recall@1": float(rows[-1]["recall_at_1"]),
-                                                     "map@r": float(rows[-1]["map_at_r"])}
+    baselines["BatchNorm statistics only (lr 0)"] = stage_end(rows)
     stages, ckpts = {}, {}
     stages["softmax"], ckpts["softmax"] = train_stage(out, data, "softmax", "softmax", epochs("softmax"),
                                                       options("softmax"), size, class_num=class_num)
@@ -362,16 +355,13 @@ def main(argv=None):
         for epoch, change in changes.items():
             analysis.setdefault(name, {}).setdefault(epoch, {})["weight_change"] = change
 
-    header = (f"{runtime_env.cpu_class()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}; "
-              f"{class_num} training products "
+    header = (f"{common.machine_and_date()}; {class_num} training products "
               f"({len(train_list)} images), {test_list.num_classes} test products "
               f"({len(test_list)} images), {size} px; {time.monotonic() - start:.0f} s in all")
     table = markdown(baselines, stages, analysis, header) + "\n" + seeds_markdown(per_seed)
     print(table)
     if args.markdown:
-        from src.runtime.atomic_file import write_atomic
-
-        write_atomic(args.markdown, table)
+        common.write_report(args.markdown, table)
     plot(baselines, stages, args.plot or os.path.join(out, "learning.png"), header)
 
 

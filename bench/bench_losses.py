@@ -19,25 +19,22 @@ candidate of a loss (SEARCH) trains on the fit classes and is evaluated on the o
 classes (val.txt); the one with the best MAP@R (then Recall@1) is then trained on all training classes with each
 seed and evaluated on the test products. Baselines beside them: raw pixels, the untrained backbone, the start.
 """
-import os
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.dirname(os.path.abspath(__file__))
-for path in (ROOT, BENCH):
-    if path not in sys.path:
-        sys.path.insert(0, path)
-from src.runtime import env as runtime_env  # noqa: E402  (first: CPU dispatch and BLAS kernel, before numpy loads)
+import _bootstrap  # noqa: F401  (first: the repository on sys.path, src.runtime.env before numpy loads)
 
 # isort: split
 import argparse
+import functools
 import json
-import re
+import os
 import shutil
+import sys
 import time
 
-import bench_learning as learning
 import numpy as np
+
+from bench import bench_learning as learning
+from bench import common
+from bench.common import ROOT
 
 LOSSES = ("softmax", "triplet", "quadruplet", "arcmargin", "multisimilarity", "proxyanchor", "normsoftmax",
           "npairs", "eml")
@@ -68,8 +65,7 @@ QUICK_OPTIONS = ["--batch_size", "12"]
 QUICK_LAYOUT = {"quadruplet": ["--samples_each_class", "2"], "multisimilarity": ["--samples_each_class", "2"]}
 
 
-def log(message):
-    print(f"[bench_losses {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+log = functools.partial(common.log, "bench_losses")
 
 
 def list_lines(path):
@@ -111,7 +107,6 @@ def write_split(data):
 def train_run(out, data, name, loss, epochs, candidate, options, size, start, train_list, eval_list):
     """One train.py run, evaluated on `eval_list` after its last epoch; its checkpoints are removed once its
     numbers are read. Returns (and caches in NAME/result.json) {recall@1, map@r, seconds, ...}."""
-    from src.runtime.atomic_file import write_atomic
     from src.training.history import read_history
 
     run_dir = os.path.join(out, name)
@@ -123,8 +118,8 @@ def train_run(out, data, name, loss, epochs, candidate, options, size, start, tr
     args = learning.stage_command(data, run_dir, loss, epochs, options, size, ckpt=start, class_num=class_num,
                                   train_list=train_list, eval_list=eval_list, eval_interval=epochs)
     os.makedirs(run_dir, exist_ok=True)
-    write_atomic(os.path.join(run_dir, "command.json"),
-                 json.dumps({"train_list": train_list, "eval_list": eval_list, "args": args[1:]}, indent=1))
+    common.write_json(os.path.join(run_dir, "command.json"),
+                      {"train_list": train_list, "eval_list": eval_list, "args": args[1:]})
     log(f"{name}: {loss} {' '.join(options)}, {epochs} epoch(s) on {train_list}, evaluated on {eval_list}")
     began = time.monotonic()
     learning.run(args, os.path.join(run_dir, "train.log"))
@@ -134,7 +129,7 @@ def train_run(out, data, name, loss, epochs, candidate, options, size, start, tr
               "recall@1": float(rows[-1]["recall_at_1"]), "map@r": float(rows[-1]["map_at_r"]),
               "seconds": round(time.monotonic() - began, 1)}
     shutil.rmtree(os.path.join(run_dir, "ckpt"), ignore_errors=True)
-    write_atomic(result_path, json.dumps(result, indent=1))
+    common.write_json(result_path, result)
     return result
 
 
@@ -238,22 +233,14 @@ def main(argv=None):
     spec = learning.QUICK_DATA if args.quick else learning.DATA
     data, size = os.path.join(out, "data"), spec["size"]
     began = time.monotonic()
-    learning.build_data(data, spec)
+    common.build_photo_set(data, **spec)
     split = write_split(data)
     epochs = QUICK_EPOCHS if args.quick else EPOCHS
     start = pretrain(out, data, QUICK_PRETRAIN_EPOCHS if args.quick else PRETRAIN_EPOCHS, size, args.quick)
 
-    common = ["--dataset_path", data, "--eval_list", "test.txt", "--recall_ks", "1,10", "--image_size", str(size),
-              "--eval_batch_size", "64"]
-    baselines = {}
-    text = learning.run([sys.executable, "-m", "src.evaluation.baselines", *common[:6]],
-                        os.path.join(out, "raw_pixels.log"))
-    baselines[f"raw pixels ({re.search(r'^best: raw pixels (.+)$', text, re.M).group(1)})"] = \
-        learning.parse_metrics(text)
-    baselines["untrained backbone"] = learning.parse_metrics(learning.run(
-        [sys.executable, os.path.join(ROOT, "eval.py"), "--random_init", *common], os.path.join(out, "untrained.log")))
+    baselines = learning.untrained_baselines(out, data, size)
     baselines["the start (softmax on the fit classes)"] = learning.parse_metrics(learning.run(
-        [sys.executable, os.path.join(ROOT, "eval.py"), "--ckpt_path", start, *common],
+        [sys.executable, os.path.join(ROOT, "eval.py"), "--ckpt_path", start, *learning.eval_options(data, size)],
         os.path.join(out, "start_eval.log")))
 
     selection, finals = {}, {}
@@ -268,18 +255,16 @@ def main(argv=None):
                                   "train.txt", "test.txt")
                         for seed in seeds]
 
-    header = (f"{runtime_env.cpu_class()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}; "
-              f"{len(split['fit.txt'])} fit + {len(split['val.txt'])} validation classes (all training classes in "
-              f"the final runs), {epochs} epoch(s) a run, {size} px; {time.monotonic() - began:.0f} s in all")
+    header = (f"{common.machine_and_date()}; {len(split['fit.txt'])} fit + {len(split['val.txt'])} validation "
+              f"classes (all training classes in the final runs), {epochs} epoch(s) a run, {size} px; "
+              f"{time.monotonic() - began:.0f} s in all")
     table = markdown(header, baselines, selection, finals, seeds)
     print(table)
-    from src.runtime.atomic_file import write_atomic
-
     if args.markdown:
-        write_atomic(args.markdown, table)
+        common.write_report(args.markdown, table)
     if args.json:
-        write_atomic(args.json, json.dumps({"header": header, "baselines": baselines, "split": split,
-                                            "selection": selection, "finals": finals}, indent=1))
+        common.write_json(args.json, {"header": header, "baselines": baselines, "split": split,
+                                      "selection": selection, "finals": finals})
     plot(baselines, finals, args.plot or os.path.join(out, "losses.png"), header)
 
 

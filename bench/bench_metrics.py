@@ -1,7 +1,7 @@
 """Time and memory of the retrieval metrics next to the seed's algorithm, faiss and the GEMM floor.
 
 Usage: python bench/bench_metrics.py [--sizes 5000 20000 60502] [--dims 512 2048] [--quick]
-           [--seed-max-n 20000] [--faiss-max-n 60502] [--output bench/metrics_results.md]
+           [--seed-max-n 20000] [--faiss-max-n 60502] [--output bench/results/metrics_results.md]
 
 Features: SOP-like synthetic data (class sizes 2..12, mean ~5.3; class centre + Gaussian noise,
 tuned so that the ranks look like a trained model's, Recall@1 ~0.6-0.7). Every method runs in its own
@@ -18,24 +18,21 @@ start, summed).
          the worker that runs `ours`, just before and just after it (the mean of the two; the
          machine may be shared).
 """
-import os
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-from src.runtime import env as runtime_env  # (first: CPU dispatch and BLAS kernel, before numpy loads)
+import _bootstrap  # noqa: F401  (first: the repository on sys.path, src.runtime.env before numpy loads)
 
 # isort: split
 import argparse
-import json
 import math
 import multiprocessing
+import os
 import platform
-import subprocess
+import sys
 import time
 
 import numpy as np
+
+from bench.common import print_result, read_result, run_script, time_calls, write_report
+from src.runtime import env as runtime_env
 
 # Noise per coordinate = NOISE_SCALE * d**0.25 gives Recall@1 ~0.6-0.7 and MAP@R ~0.3 at every d
 # (an isotropic Gaussian class separates more easily as d grows).
@@ -168,7 +165,6 @@ METHODS = {"ours": run_ours, "seed": run_seed, "faiss": run_faiss}
 
 
 def worker(method, n, dim):
-    sys.path.insert(0, ROOT)
     features, labels = make_features(n, dim)
     rates = [sgemm_rate(dim)] if method == "ours" else []
     startup = time.perf_counter()
@@ -184,17 +180,17 @@ def worker(method, n, dim):
     peak = peak_above(baseline) + result.pop("children_peak_bytes", 0)
     if rates:
         rates.append(sgemm_rate(dim))
-    print(json.dumps({"seconds": seconds, "startup_seconds": startup, "cpu_seconds": cpu, "peak_bytes": peak,
-                      "metrics": result,
-                      "sgemm_rates": [wall for wall, _ in rates],
-                      "sgemm_cpu_rates": [per_cpu for _, per_cpu in rates]}))
+    print_result({"seconds": seconds, "startup_seconds": startup, "cpu_seconds": cpu, "peak_bytes": peak,
+                  "metrics": result,
+                  "sgemm_rates": [wall for wall, _ in rates],
+                  "sgemm_cpu_rates": [per_cpu for _, per_cpu in rates]})
 
 
 def run_worker(method, n, dim):
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", method, "--n", str(n),
-           "--dim", str(dim)]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True, check=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """One method in a worker subprocess (its stderr, the progress, passed through); the worker's result."""
+    what = f"{method} at N={n} d={dim}"
+    proc = run_script(__file__, ["--worker", method, "--n", str(n), "--dim", str(dim)], what, stderr=None)
+    return read_result(proc, what)
 
 
 # ---------------------------------------------------------------- driver
@@ -230,7 +226,7 @@ def blas_header():
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((4096, 4096), dtype=np.float32) for _ in range(2))
     a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(3))
+    best = min(time_calls(lambda: a @ b, 3))
     chosen = os.environ.get(runtime_env.BLAS_VAR)
     origin = ("unset" if chosen is None else f"{chosen} (src/runtime/env.py)"
               if runtime_env.BLAS_VAR in os.environ.get(runtime_env.MARKER, "") else f"{chosen!r} (the environment's)")
@@ -238,12 +234,6 @@ def blas_header():
             f"{runtime_env.blas_kernel_for(flags) or 'no AVX2'}, AVX-512: "
             f"{'yes' if runtime_env.has_avx512(flags) else 'no'}); sgemm 4096x4096x4096: "
             f"{2 * 4096 ** 3 / best / 1e9:.0f} GFLOP/s")
-
-
-def _timed(fn):
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def fmt_s(seconds):
@@ -325,8 +315,7 @@ def main(argv=None):
     ])
     print(text)
     if args.output:
-        with open(args.output, "w") as f:
-            f.write(text + "\n")
+        write_report(args.output, text)
 
 
 def table(rows):

@@ -22,7 +22,7 @@ configurations use batch 9, 15 and 33 where the issue measured 8, 16 and 32, in 
 Each measurement is a subprocess (so LD_PRELOAD=jemalloc applies to it alone); variants alternate
 within a round, their order reversed every other round. A variant is a base and `+` modifiers:
   ms | torch
-  +jemalloc          LD_PRELOAD jemalloc with the tuned MALLOC_CONF below
+  +jemalloc          LD_PRELOAD jemalloc with the tuned MALLOC_CONF (bench/common.py)
   +jemalloc-default  LD_PRELOAD jemalloc with its default settings
   +jit=O0|O1|O2      (ms) set_context(jit_config={"jit_level": ...})
   +threads=N         (ms) device_context.cpu.op_tuning.threads_num(N) (src.runtime.context.set_cpu_threads; an
@@ -45,36 +45,27 @@ within a round, their order reversed every other round. A variant is a base and 
 Step time = from the batch being handed to the step until its loss is on the host (data waiting
 excluded, as TrainMonitor does); cycle = time between consecutive step ends (data waiting included).
 """
-import os
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-from src.runtime import env as runtime_env  # noqa: E402  (first: CPU dispatch and BLAS kernel, before numpy loads)
+import _bootstrap  # noqa: F401  (first: the repository on sys.path, src.runtime.env before numpy loads)
 
 # isort: split
 import argparse
 import functools
 import json
 import logging
+import os
 import shutil
-import subprocess
+import sys
 import tempfile
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from synthetic_images import make_jpegs  # noqa: E402
-
+from bench.common import JEMALLOC, measurement_env, print_result, read_result, run_script, write_json, write_report
+from bench.synthetic_images import make_jpegs
+from bench.torch_models import torch_resnet50, torch_sgd, torch_triplet_loss
 from src.deploy import engines  # noqa: E402
 from src.kernels import build as cpu_kernels  # noqa: E402
 
-JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
-TUNED_MALLOC_CONF = "oversize_threshold:0,background_thread:true,metadata_thp:auto,dirty_decay_ms:-1,muzzy_decay_ms:-1"
-RESULT_TAG = "BENCH_RESULT "
 NUM_CLASSES = 20
 
 # name: (kind, image size, batch). Triplet batches are multiples of 3 (the issue's 8, 16, 32 -> 9, 15, 33).
@@ -300,60 +291,6 @@ def run_ms_eval(job):
             "total_s": total, "images": steps * batch, "batch": batch, "threads": threads, "workers": workers}
 
 
-def torch_resnet50():
-    """ResNet-50 v1.5 in PyTorch with the BN eps and initialisation of src/models/resnet.py's "same" convention
-    (He-normal fan-out convolutions, the last BatchNorm of each block at gamma 0)."""
-    import torch
-    from torch_resnet import torchvision_resnet50
-
-    model = torchvision_resnet50(torch, eps=1e-4)
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        elif name.endswith("bn3"):
-            torch.nn.init.zeros_(module.weight)
-    return model
-
-
-def torch_triplet_loss(torch, emb, margin):
-    """Tripletloss with sum reduction on L2-normalised embeddings of consecutive (anchor, positive, negative)
-    rows, as src/losses/triplet.py's."""
-    x = emb / torch.sqrt((emb * emb).sum(1, keepdim=True) + 1e-12)
-    anchor, positive, negative = x[0::3], x[1::3], x[2::3]
-    return torch.relu(((anchor - positive) ** 2).sum(1) - ((anchor - negative) ** 2).sum(1) + margin).sum()
-
-
-def torch_sgd(torch, model, cfg):
-    """SGD momentum with the config's lr and weight decay, the decay not on BatchNorm parameters (as
-    MindSpore's Momentum, whose default filter skips gamma and beta)."""
-    bn_params = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
-    decay = [p for p in model.parameters() if id(p) not in bn_params]
-    no_decay = [p for p in model.parameters() if id(p) in bn_params]
-    return torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
-                            {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr_max, momentum=cfg.momentum)
-
-
-def subprocess_env(jemalloc=None, extra=None, framework="ms"):
-    """Environment for a measured process: this one's, without an inherited allocator; `jemalloc` None,
-    "tuned" or "default" preloads jemalloc (tuned: with TUNED_MALLOC_CONF); `extra` variables on top, as
-    the user's (src/runtime/env.py keeps them). PyTorch's own oneDNN runs uncapped (ONEDNN_MAX_CPU_ISA=ALL,
-    its default) unless `extra` says otherwise: our cap is for MindSpore's kernels, and the worker imports src."""
-    env = dict(os.environ, PYTHONPATH=ROOT, GLOG_v="3", PYTHONUNBUFFERED="1")
-    env.pop("LD_PRELOAD", None)
-    env.pop("MALLOC_CONF", None)
-    extra = dict(extra or {})
-    if framework == "torch" and not any(name in extra for name in runtime_env.ONEDNN_VARS):
-        extra["ONEDNN_MAX_CPU_ISA"] = "ALL"
-    env.update(extra)
-    ours = [name for name in env.get(runtime_env.MARKER, "").split(",") if name and name not in extra]
-    env[runtime_env.MARKER] = ",".join(ours)
-    if jemalloc:
-        env["LD_PRELOAD"] = JEMALLOC
-        if jemalloc == "tuned":
-            env["MALLOC_CONF"] = TUNED_MALLOC_CONF
-    return env
-
-
 class _TokenDataset:
     """A torch map-style dataset over src.data.dataset.ImageSource: same decoding and transforms as ours."""
 
@@ -479,7 +416,7 @@ def worker_main(job_json):
     job = json.loads(job_json)
     result = WORKERS[(job["spec"]["framework"], job["kind"])](job)
     result["maxrss_mb"] = _maxrss_mb()
-    print(RESULT_TAG + json.dumps(result), flush=True)
+    print_result(result)
 
 
 def _maxrss_mb():
@@ -491,11 +428,6 @@ def _maxrss_mb():
 # ----------------------------------------------------------------------------------------------
 # Orchestrator
 
-def load_average():
-    with open("/proc/loadavg") as f:
-        return tuple(float(x) for x in f.read().split()[:3])
-
-
 def measure(variant, config, image_size, batch, steps, data_dir, pool, timeout):
     """Run one measurement in a subprocess; returns its result dict (with 'load' and 'wall_s')."""
     spec = parse_variant(variant)
@@ -505,17 +437,12 @@ def measure(variant, config, image_size, batch, steps, data_dir, pool, timeout):
         steps = max(steps, 2)  # a batch time is the gap between two batches' starts
     job = {"spec": spec, "kind": kind, "image_size": image_size, "batch": batch, "steps": steps,
            "data_dir": data_dir, "pool": pool}
-    env = subprocess_env(spec["jemalloc"], spec["env"], spec["framework"])
-    load_before = load_average()[0]
+    env = measurement_env(spec["jemalloc"], spec["env"], spec["framework"])
+    load_before = os.getloadavg()[0]
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(job)], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = run_script(__file__, ["--worker", json.dumps(job)], f"{variant} / {config}", env=env, timeout=timeout)
     wall = time.monotonic() - start
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{variant} / {config} failed with exit {proc.returncode}:\n"
-                           f"{(proc.stdout + proc.stderr)[-4000:]}")
-    result = json.loads(lines[-1][len(RESULT_TAG):])
+    result = read_result(proc, f"{variant} / {config}")
     result.update(variant=variant, config=config, image_size=image_size, batch=batch, load=load_before, wall_s=wall)
     return result
 
@@ -602,11 +529,11 @@ def format_tables(summary, variants):
 def wait_for_quiet(threshold, max_wait):
     """Poll the 1-minute load until it is below `threshold` or `max_wait` seconds passed; returns the load."""
     deadline = time.monotonic() + max_wait
-    load = load_average()[0]
+    load = os.getloadavg()[0]
     while load >= threshold and time.monotonic() < deadline:
         print(f"1-minute load {load:.2f} >= {threshold}: waiting", file=sys.stderr, flush=True)
         time.sleep(30)
-        load = load_average()[0]
+        load = os.getloadavg()[0]
     return load
 
 
@@ -658,7 +585,7 @@ def main(argv=None):
               file=sys.stderr, flush=True)
         if args.wait_quiet:
             wait_for_quiet(args.quiet_load, args.wait_quiet)
-        loads = [load_average()]
+        loads = [os.getloadavg()]
         results = []
         for round_index in range(rounds):
             for config in args.configs:
@@ -678,7 +605,7 @@ def main(argv=None):
                           f"{result['threads']}, workers {result['workers']}, load {result['load']:.2f}, "
                           f"wall {result['wall_s']:.0f} s, rss {result['maxrss_mb']:.0f} MB)",
                           file=sys.stderr, flush=True)
-            loads.append(load_average())
+            loads.append(os.getloadavg())
     finally:
         if not args.data_dir:
             shutil.rmtree(data_dir, ignore_errors=True)
@@ -687,8 +614,7 @@ def main(argv=None):
     note = (f"1-minute load average: start {load_values[0]:.2f}, after each round "
             f"{', '.join(f'{x:.2f}' for x in load_values[1:])}; {rounds} round(s) x {steps} timed steps.")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"results": results, "loads": loads, "note": note, "argv": sys.argv}, f, indent=1)
+        write_json(args.json, {"results": results, "loads": loads, "note": note, "argv": sys.argv})
     report(results, args.configs, args.variants, [note], args.markdown)
     return 0
 
@@ -700,8 +626,7 @@ def report(results, configs, variants, notes, markdown=None):
             "metric; below 1 means ours is faster.\n" + "\n".join(notes)
     print(text)
     if markdown:
-        with open(markdown, "w") as f:
-            f.write(text + "\n")
+        write_report(markdown, text)
 
 
 def report_saved(paths, configs, variants, markdown=None):

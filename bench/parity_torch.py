@@ -2,12 +2,13 @@
 
     python bench/parity_torch.py [--steps 20] [--image-size 64] [--batch 60] [--stages softmax triplet ...]
                                  [--start trained|random|calm] [--pretrain-steps 200] [--pth resnet50.pth] [--new-fc]
-                                 [--set KEY=VALUE ...] [--resync] [--json OUT] [--markdown bench/parity_results.md]
+                                 [--set KEY=VALUE ...] [--resync] [--json OUT]
+                                 [--markdown bench/results/parity_results.md]
     python bench/parity_torch.py --write-fixture tests/fixtures/parity_reference.npz   (2 steps, 32 px, batch 12)
 
 PyTorch (torch==2.13.0, pytorch-metric-learning==2.9.0) is a benchmark-only dependency, as in bench_train.py.
 
-Start: torchvision's ResNet-50 layout with seeded random weights (tests/models/torchvision_reference.py's
+Start: torchvision's ResNet-50 layout with seeded random weights (bench/torchvision_reference.py's
 random_state_dict, He-normal convolutions, BatchNorm statistics of order one, an fc layer over the training
 classes), by default then trained by PyTorch for --pretrain-steps softmax steps on the demo photos (--start
 trained: a stand-in for the ImageNet weights every stage of the seed starts from, which cannot be downloaded
@@ -15,7 +16,7 @@ here; cached beside the photos), or a given .pth; with --new-fc its fc layer dra
 stage puts a new classifier on its ImageNet backbone); written as a .pth and converted with
 `python -m src.convert_weights --with_fc` (the user's path; the checkpoint records backbone_padding: symmetric,
 i.e. torchvision's padding and BatchNorm eps). From the random weights themselves (--start random) the steps are
-ill-conditioned: two correct float32 runs part after one or two steps (bench/parity_results.md has both). With
+ill-conditioned: two correct float32 runs part after one or two steps (bench/results/parity_results.md has both). With
 --start calm, the random weights with each residual branch's last BatchNorm scale a tenth as large
 (calm_residuals), the first steps are well conditioned: the suite's fixture starts there (--write-fixture).
 Batches: taken once from our data pipeline (create_dataset with the stage's sampler and augmentation, seed 1) on
@@ -57,7 +58,7 @@ before each of their steps (ours: the Parameters and the optimizer's moments), s
 step's alone and is not carried into the next. Where the default runs part because a trajectory amplifies
 rounding (softmax at lr 0.3), this shows whether each step taken is still PyTorch's; the update compared is the
 step's own (from PyTorch's state before it). The loading is checked by its effect: with the moments loaded at
-half or none of their values the step's update differs by 0.6 or 1.2 (bench/parity_results.md).
+half or none of their values the step's update differs by 0.6 or 1.2 (bench/results/parity_results.md).
 
 Printed per stage: the loss of every step on both sides, the largest relative difference of the losses, of
 every parameter and BatchNorm moving statistic after every step (max |ours - torch| / max |torch| per tensor)
@@ -67,25 +68,24 @@ step at which the losses part by more than 1e-4 or a tensor by more than 1e-3, w
 per step), ..., "torch_native": {...}, "torch_ulp": {...}}}} (the floors' same keys, their own rows; with
 --float64 "torch_f64" too).
 """
-import os
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-from src.runtime import env as runtime_env  # noqa: E402  (first: CPU dispatch and BLAS kernel, before numpy loads)
+import _bootstrap  # noqa: F401  (first: the repository on sys.path, src.runtime.env before numpy loads)
 
 # isort: split
 import argparse
 import json
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import zlib
 
 import numpy as np
-from torch_resnet import torchvision_resnet50
+
+from bench import common
+from bench.torch_models import torchvision_resnet50
+from src.runtime import env as runtime_env
 
 STAGES = ("softmax", "triplet", "quadruplet", "multisimilarity", "proxyanchor")
 PK_STAGES = ("quadruplet", "multisimilarity")
@@ -140,17 +140,10 @@ def stage_config(stage, image_size, batch, class_num, steps, **overrides):
 
 
 def build_photos(path, image_size):
-    from src.data.demo_photos import make_photo_dataset
-    from src.data.sop_lists import prepare_lists
-
-    if not os.path.exists(os.path.join(path, "train.txt")):
-        spec = dict(DATA)
-        make_photo_dataset(path + ".partial", spec.pop("grid"), spec.pop("views"), image_size, seed=0,
-                           test_regions=spec.pop("test_regions"), **spec)
-        prepare_lists(path + ".partial", path + ".partial")
-        os.replace(path + ".partial", path)
+    """The demo photos at `image_size` px (built once at `path`); their training list."""
     from src.data.image_list import read_image_list
 
+    common.build_photo_set(path, image_size, **DATA)
     return read_image_list(os.path.join(path, "train.txt"), path)
 
 
@@ -181,7 +174,7 @@ def start_weights(pth, classes, seed=0, calm=False):
         from src.models.torch_weights import read_weights
 
         return {name: np.asarray(value) for name, value in read_weights(pth).items()}
-    from tests.models.torchvision_reference import random_state_dict
+    from bench.torchvision_reference import random_state_dict
 
     state = random_state_dict(seed, classes=classes)
     return calm_residuals(state) if calm else state
@@ -191,7 +184,7 @@ def calm_residuals(state, scale=CALM_SCALE):
     """`state` with the scale (gamma) of every bottleneck's last BatchNorm times `scale`: each residual branch
     adds little to its shortcut at first, as torchvision's zero_init_residual (which zeroes them) starts a ResNet
     for large learning rates. The first steps from such random weights are well conditioned: two correct float32
-    runs keep together through the fixture's 2 steps (bench/parity_results.md), where from random_state_dict's
+    runs keep together through the fixture's 2 steps (bench/results/parity_results.md), where from random_state_dict's
     own scales they part by 10-50% at step 2. Not zero: a zero scale stops every gradient to the branch."""
     return {name: value * np.float32(scale) if name.endswith(".bn3.weight") else value
             for name, value in state.items()}
@@ -532,11 +525,7 @@ def run_job(out, stage, cfg, inputs, state_path, sides, **extra):
 
 
 def run_worker(side, job_path):
-    env = dict(os.environ, PYTHONPATH=ROOT, GLOG_v="3", PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", side, job_path], env=env,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{side} worker failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    common.run_script(__file__, ["--worker", side, job_path], f"{side} worker")
 
 
 def initial_proxies(cfg, seed=0):
@@ -767,7 +756,7 @@ def parse_args(argv=None):
                         help="one more floor: PyTorch in float64 against PyTorch in float32 (how far PyTorch's "
                              "float32 run is from the exact trajectory)")
     parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--markdown", help="write the table here (e.g. bench/parity_results.md)")
+    parser.add_argument("--markdown", help="write the table here (e.g. bench/results/parity_results.md)")
     parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "metric_learn_parity_data"))
     parser.add_argument("--work-dir", help="scratch folder (default: a temporary one, removed at the end)")
     parser.add_argument("--write-fixture", metavar="NPZ", help="write the suite's fixture (2 steps, 32 px, batch 12)")
@@ -816,11 +805,11 @@ def main(argv=None):
         ckpt = os.path.join(work, "start.ckpt")
         pth = args.pth if args.pth and not args.new_fc else os.path.join(work, "start.pth")
         if pth != args.pth:
-            from tests.models.torchvision_reference import write_pth
+            from bench.torchvision_reference import write_pth
 
             write_pth(pth, state)
-        subprocess.run([sys.executable, "-m", "src.convert_weights", pth, ckpt, "--with_fc"], cwd=ROOT, check=True,
-                       env=dict(os.environ, PYTHONPATH=ROOT, GLOG_v="3"), capture_output=True)
+        subprocess.run([sys.executable, "-m", "src.convert_weights", pth, ckpt, "--with_fc"], cwd=common.ROOT,
+                       check=True, env=common.child_env(), capture_output=True)
         # --resync: PyTorch's run first, its states (with momentum) are where the others take each step from
         sides, ours, floors = (("torch",) + RESYNC, RESYNC[0], RESYNC[1:]) if args.resync else (SIDES, "ms", FLOORS)
         if args.float64:
@@ -849,16 +838,14 @@ def main(argv=None):
             start += "; config changed: " + " ".join(args.set)
         if args.resync:
             start += "; each step from PyTorch's state (--resync)"
-        header = (f"{runtime_env.cpu_class()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}; start: {start}; "
+        header = (f"{common.machine_and_date()}; start: {start}; "
                   f"{args.steps} steps at {args.image_size} px, float32, CPU; " + "; ".join(versions()[:3]))
         table = markdown(results, header, floors)
         log(table)
         if args.markdown:
-            with open(args.markdown, "w") as f:
-                f.write(table)
+            common.write_report(args.markdown, table)
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"stages": results, "header": header}, f, indent=1)
+            common.write_json(args.json, {"stages": results, "header": header})
         met = all(r["max_rel_loss_diff"] <= LOSS_TOL and r["max_rel_param_diff"] <= PARAM_TOL
                   for r in results.values())
         log("targets (loss <= 1e-4, params <= 1e-3): " + ("met" if met else "NOT met"))

@@ -5,39 +5,30 @@ Usage:
 
 Both frameworks run the bare step on one fixed random batch (no data pipeline): ours is
 ResNet50 + Tripletloss + train.py's Momentum in a TrainOneStepCell (GRAPH mode, what train.py's Model runs on
-CPU), timed with mindspore.Profiler; the reference is bench_train.torch_resnet50 with the same loss
-and SGD momentum, timed with torch.profiler, under the tuned jemalloc of bench_train (PyTorch's
+CPU), timed with mindspore.Profiler; the reference is bench/torch_models.py's torch_resnet50 with the same loss
+and SGD momentum (bench_train's), timed with torch.profiler, under the tuned jemalloc of bench/common.py (PyTorch's
 faster allocator here). `--eval` profiles a forward pass in inference mode instead.
 
 It prints milliseconds per step for each operator kind (self time, summed over calls), the bare
 step time, and which oneDNN implementation each framework's convolutions run (ONEDNN_VERBOSE).
 """
-import os
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-import src.runtime.env  # noqa: E402,F401  (first: CPU dispatch and BLAS kernel, before numpy loads)
+import _bootstrap  # noqa: F401  (first: the repository on sys.path, src.runtime.env before numpy loads)
 
 # isort: split
 import argparse
 import collections
 import csv
 import glob
-import json
+import os
 import shutil
-import subprocess
+import sys
 import tempfile
-import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench.common import JEMALLOC, measurement_env, print_result, read_result, run_script, time_calls, write_report
+from bench.torch_models import torch_resnet50, torch_sgd, torch_triplet_loss
 
-from bench_train import JEMALLOC, subprocess_env, torch_resnet50, torch_sgd, torch_triplet_loss  # noqa: E402
-
-RESULT_TAG = "PROFILE_RESULT "
 # Operator kind -> (MindSpore op types, PyTorch aten ops). Self times; PyTorch computes the data and
 # weight gradients of a convolution in one op, MindSpore in two.
 KINDS = {
@@ -174,15 +165,11 @@ def worker(framework, size, batch, steps, evaluate, profile=True):
     """Warm-up step, `steps` timed steps, then (profile) `steps` profiled ones. Prints the result line."""
     step = (ms_step if framework == "ms" else torch_step)(size, batch, evaluate)
     step()  # compilation / warm-up
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
+    times = time_calls(step, steps)
     result = {"step_ms": 1000 * float(np.median(times)), "executed_steps": 1 + steps}
     if profile:
         result["per_op_ms"] = (profile_ms if framework == "ms" else profile_torch)(step, steps)
-    print(RESULT_TAG + json.dumps(result), flush=True)
+    print_result(result)
 
 
 def by_kind(result, framework):
@@ -196,9 +183,8 @@ def by_kind(result, framework):
 
 def conv_implementations(framework, size, batch, evaluate):
     """oneDNN convolution implementations the framework runs ({name: count}), read from ONEDNN_VERBOSE."""
-    proc = _run_worker(framework, size, batch, 1, evaluate, "--no-profile", ONEDNN_VERBOSE="1")
-    if proc.returncode != 0:
-        raise RuntimeError(f"{framework} ONEDNN_VERBOSE run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    proc = _run_worker(f"{framework} ONEDNN_VERBOSE run", framework, size, batch, 1, evaluate, "--no-profile",
+                       ONEDNN_VERBOSE="1")
     counts = collections.Counter()
     for line in proc.stdout.splitlines():
         fields = line.split(",")
@@ -208,22 +194,18 @@ def conv_implementations(framework, size, batch, evaluate):
     return {name: n // 2 for name, n in counts.items()}  # warm-up step + one step
 
 
-def _run_worker(framework, size, batch, steps, evaluate, *options, **env):
-    """This script as a worker subprocess (PyTorch with the tuned jemalloc when installed); its CompletedProcess."""
-    args = [sys.executable, os.path.abspath(__file__), "--worker", framework, "--size", str(size), "--batch",
-            str(batch), "--steps", str(steps), *options] + (["--eval"] if evaluate else [])
+def _run_worker(what, framework, size, batch, steps, evaluate, *options, **env):
+    """This script as a worker subprocess (PyTorch with the tuned jemalloc when installed); its CompletedProcess.
+    A failure raises, naming `what`."""
+    args = ["--worker", framework, "--size", str(size), "--batch", str(batch), "--steps", str(steps),
+            *options] + (["--eval"] if evaluate else [])
     jemalloc = "tuned" if framework == "torch" and os.path.exists(JEMALLOC) else None
-    return subprocess.run(args, env=subprocess_env(jemalloc, env, framework), capture_output=True, text=True,
-                          timeout=1800)
+    return run_script(__file__, args, what, env=measurement_env(jemalloc, env, framework), timeout=1800)
 
 
 def run_worker(framework, size, batch, steps, evaluate):
-    proc = _run_worker(framework, size, batch, steps, evaluate)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
-    if proc.returncode != 0 or not lines:
-        output = (proc.stdout + proc.stderr)[-3000:]
-        raise RuntimeError(f"{framework} profile failed (exit {proc.returncode}):\n{output}")
-    return json.loads(lines[-1][len(RESULT_TAG):])
+    what = f"{framework} profile"
+    return read_result(_run_worker(what, framework, size, batch, steps, evaluate), what)
 
 
 def format_report(ms_result, torch_result, size, batch, evaluate, ms_convs, torch_convs):
@@ -272,8 +254,7 @@ def main(argv=None):
                          convs["torch"])
     print(text)
     if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text + "\n")
+        write_report(args.markdown, text)
     return 0
 
 

@@ -3,16 +3,10 @@
 The measurements themselves need PyTorch (a benchmark-only dependency) and minutes of CPU; these tests check
 the arithmetic that turns raw step times into the published table, against values worked out by hand.
 """
-import os
-import sys
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
-
-import bench_train  # noqa: E402
-import profile_ops  # noqa: E402
+from bench import bench_train, profile_ops
 
 
 def test_parse_variant_modifiers():

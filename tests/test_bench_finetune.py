@@ -1,18 +1,11 @@
 """The fine-tuning variants: each changes what its name says and nothing else of the recipe, and train.py accepts
 it; the table's change is measured from the softmax start."""
-import os
-import sys
 
 import pytest
 
-from tests.paths import ROOT
-
-sys.path.insert(0, os.path.join(ROOT, "bench"))
-
-import bench_finetune  # noqa: E402
-
-import train  # noqa: E402
-from src.runtime.cli import load_stage_config  # noqa: E402
+import train
+from bench import bench_finetune
+from src.runtime.cli import load_stage_config
 
 
 def _config(name):

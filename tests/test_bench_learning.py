@@ -3,16 +3,12 @@
 The benchmark itself trains for half an hour; these tests check what turns its runs into the published
 table and picture, on values made up here.
 """
-import os
-import sys
 
 import cv2
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
-
-import bench_learning  # noqa: E402
+from bench import bench_learning
 
 
 def test_metrics_are_read_from_eval_and_baseline_output():

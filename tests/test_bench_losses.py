@@ -8,11 +8,8 @@ import sys
 
 import pytest
 
+from bench import bench_losses
 from tests.paths import ROOT
-
-sys.path.insert(0, os.path.join(ROOT, "bench"))
-
-import bench_losses  # noqa: E402
 
 
 def test_split_classes_is_a_seeded_partition():

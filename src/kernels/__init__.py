@@ -1,7 +1,7 @@
 """Our own CPU kernels for training (convolution, BatchNorm + ReLU, max pool, momentum) and the cells that run them.
 
 The one switch is config key `cpu_kernels`: `native` (the default) or `mindspore`. The time each kernel saves:
-bench/train_results.md.
+bench/results/train_results.md.
 
 What each replaces, and why
   conv.py, conv.cc            OneDnnConv2d for nn.Conv2d (Conv2D and its two gradients). MindSpore 2.10's CPU

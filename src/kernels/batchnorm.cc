@@ -2,13 +2,13 @@
 // (src/kernels/batchnorm.py wraps them). NCHW float32; statistics per channel over N x H x W.
 //
 // Why: MindSpore 2.10's CPU BatchNorm runs oneDNN's generic `ncsp_bnorm:any` on NCHW, and its BatchNormGrad took
-// twice PyTorch's time (bench/train_results.md); the ReLU after it is one more pass over the tensor each way.
+// twice PyTorch's time (bench/results/train_results.md); the ReLU after it is one more pass over the tensor each way.
 // Here, per channel (a job of the pool), two passes compute the mean and the variance and one writes
 // y = relu(gamma * (x - mean) * invstd + beta); the backward, on blocks of channels that fit L2 and image by image
 // (a block's planes of one image are contiguous, where one channel's small planes are scattered), writes the
 // masked dy into dx, sums it and its product with x - mean, and turns dx into the input gradient in place.
 // Sums run in float lanes added into double (Lanes). The time against MindSpore's BatchNorm, BatchNormGrad, ReLU
-// and ReluGrad: bench/train_results.md; against PyTorch's, layer by layer: bench/bench_batchnorm.py.
+// and ReluGrad: bench/results/train_results.md; against PyTorch's, layer by layer: bench/bench_batchnorm.py.
 //
 // Kernel signatures (MindSpore's AOT convention: params = inputs then outputs):
 //   bn_forward(x, gamma, beta, moving_mean, moving_variance, cfg)

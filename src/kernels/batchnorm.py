@@ -1,7 +1,7 @@
 """BatchNorm2d (+ ReLU) whose training-mode forward and backward are batchnorm.cc's kernels (CPU).
 
 MindSpore 2.10's CPU BatchNormGrad took twice PyTorch's time, and each ReLU after a BatchNorm is one more
-pass over the tensor each way (bench/train_results.md). `CpuBatchNorm2d` is an nn.BatchNorm2d (same
+pass over the tensor each way (bench/results/train_results.md). `CpuBatchNorm2d` is an nn.BatchNorm2d (same
 parameters, names and checkpoints) that, in training with batch statistics, computes BatchNorm and the ReLU
 that follows it (`relu=True`) in one custom kernel, its gradient in another; the forward kernel updates the
 moving statistics in place, in the Parameters' own memory (MindSpore's convention: momentum * moving +

@@ -3,7 +3,7 @@
 MindSpore 2.10's CPU Conv2D hands oneDNN plain NCHW tensors, and oneDNN then runs a GEMM-based kernel
 (`x64:gemm:jit`) where PyTorch gets its direct JIT kernels on blocked layouts (`jit:avx512_core`, `jit_1x1`,
 `brgconv`): the convolutions were 316 of the 348 ms by which a training step trailed PyTorch's
-(bench/train_results.md). `OneDnnConv2d` is an `nn.Conv2d` (same parameter, same name, same checkpoints) whose
+(bench/results/train_results.md). `OneDnnConv2d` is an `nn.Conv2d` (same parameter, same name, same checkpoints) whose
 forward and gradients are three MindSpore AOT custom kernels (conv.cc) that let the same oneDNN pick the layout:
 they reorder the plain tensors in, run its kernel and reorder the result back. Built with the other kernels
 (src/kernels/build.py); chosen with them by config key `cpu_kernels`.

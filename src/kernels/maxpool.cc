@@ -2,7 +2,7 @@
 // NCHW float32, square window and stride, padding by -infinity.
 //
 // Why: MindSpore 2.10's CPU MaxPool and MaxPoolGrad took 3x PyTorch's time in a training step
-// (bench/train_results.md). The forward keeps the flat index of each output's maximum within its input plane,
+// (bench/results/train_results.md). The forward keeps the flat index of each output's maximum within its input plane,
 // so the backward is one scatter of dy per plane (PyTorch's way), where MaxPoolGrad recomputes the windows.
 //
 // Kernel signatures (MindSpore's AOT convention: params = inputs then outputs):

@@ -1,7 +1,7 @@
 """CpuMaxPool2d: the stem's max pool on maxpool.cc's kernels (CPU), forward and gradient.
 
 MindSpore 2.10's CPU MaxPool + MaxPoolGrad took 3x PyTorch's time in a training step
-(bench/train_results.md); the forward here keeps each maximum's position, and the gradient scatters dy to it.
+(bench/results/train_results.md); the forward here keeps each maximum's position, and the gradient scatters dy to it.
 No parameters, so nothing changes in checkpoints. Built with the other kernels (src/kernels/build.py); chosen
 with them by config key `cpu_kernels`.
 """

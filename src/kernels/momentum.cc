@@ -3,7 +3,7 @@
 //
 // Why: nn.Momentum runs, per parameter, a Mul and an AddN for the weight decay, a Mul by 1 / loss scale where
 // the scale is not 1, and ApplyMomentum: 2-4 kernels for each of ResNet-50's 161 tensors, 55 ms of a 64² training
-// step against PyTorch's 15 (bench/train_results.md). Here one kernel reads and writes each element once,
+// step against PyTorch's 15 (bench/results/train_results.md). Here one kernel reads and writes each element once,
 // the tensors cut into chunks shared by the pool:
 //   g' = (w * wd + g) * inv_scale     (wd: nn.Momentum's, i.e. weight_decay * loss scale; no product where
 //                                      wd = 0 or inv_scale = 1, as nn.Momentum skips them)

@@ -1,7 +1,7 @@
 """FusedMomentum: nn.Momentum whose update of every parameter is one custom CPU kernel (momentum.cc).
 
 nn.Momentum runs 2-4 kernels per parameter (weight decay Mul + AddN, the 1 / loss-scale Mul, ApplyMomentum):
-for ResNet-50's 161 tensors 55 ms of a 64² training step on CPU against PyTorch's 15 (bench/train_results.md).
+for ResNet-50's 161 tensors 55 ms of a 64² training step on CPU against PyTorch's 15 (bench/results/train_results.md).
 `FusedMomentum` is an nn.Momentum (same parameters, moments, learning-rate schedule and groups, weight-decay
 filter, loss scale, checkpoints) whose construct hands all parameters, moments and gradients to one kernel that
 updates them in place, with MindSpore's operations in MindSpore's order: the result equals nn.Momentum's bit

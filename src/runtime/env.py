@@ -4,7 +4,7 @@ Every entry point (train.py, eval.py, export.py, preprocess.py, postprocess.py, 
 bench scripts, the test suite's conftest) imports this module before numpy and mindspore, and
 nothing else sets these variables. Importing it applies `configure()` once per process.
 
-Why (measured, bench/cpu_isa_results.md):
+Why (measured, bench/results/cpu_isa_results.md):
   - MindSpore 2.10's CPU convolutions hand oneDNN 3.10 plain NCHW tensors. On a CPU with AVX-512,
     oneDNN then runs every convolution that is not 1x1 through `jit_uni_ncsp:conv+ref:any`, a
     reference kernel (0.3 GFLOP/s): training and extraction are 16-42x slower. Every AVX-512 ISA

@@ -1,5 +1,5 @@
 """torchvision ResNet-50 weights read without PyTorch, converted, and run: features equal an independent numpy
-forward of torchvision's network (tests/models/torchvision_reference.py) in both padding conventions."""
+forward of torchvision's network (bench/torchvision_reference.py) in both padding conventions."""
 import os
 import re
 import subprocess
@@ -10,17 +10,17 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from src.models.checkpoint import CheckpointError, checkpoint_padding, load_strict, resolve_padding
-from src.models.convert_weights import ConversionError, backbone_shapes, convert, our_name
-from src.models.resnet import BN_EPS, ResNet50
-from src.models.torch_weights import WeightFileError, read_pth, read_safetensors, read_weights
-from tests.models.torchvision_reference import (
+from bench.torchvision_reference import (
     global_call,
     random_state_dict,
     resnet50_forward,
     write_pth,
     write_safetensors,
 )
+from src.models.checkpoint import CheckpointError, checkpoint_padding, load_strict, resolve_padding
+from src.models.convert_weights import ConversionError, backbone_shapes, convert, our_name
+from src.models.resnet import BN_EPS, ResNet50
+from src.models.torch_weights import WeightFileError, read_pth, read_safetensors, read_weights
 from tests.paths import ROOT
 
 

@@ -27,16 +27,13 @@ A convention that differs moves far more: test_the_check_catches_* below.
 """
 import argparse
 import os
-import sys
 
 import numpy as np
 import pytest
 
-from tests.models.torchvision_reference import random_state_dict
-from tests.paths import FIXTURES, ROOT
-
-sys.path.insert(0, os.path.join(ROOT, "bench"))
-import parity_torch  # noqa: E402
+from bench import parity_torch
+from bench.torchvision_reference import random_state_dict
+from tests.paths import FIXTURES
 
 REFERENCE = np.load(os.path.join(FIXTURES, "parity_reference.npz"))
 SIZES = parity_torch.FIXTURE

@@ -1,4 +1,5 @@
-"""Test helpers for the weight converter, written without PyTorch:
+"""torchvision's ResNet-50 and its weight files without PyTorch, the reference for the weight converter's tests
+(tests/models/test_convert_weights.py) and the start of parity_torch.py's runs (also tests/training/test_parity.py):
 
 - `resnet50_forward`: torchvision's ResNet-50 (v1.5: the stride on the 3x3 convolution) in float64 numpy,
   eval mode, on a state dict with torchvision's names: convolution by im2col, BatchNorm from the running

@@ -1,4 +1,6 @@
-"""ResNet-50 in PyTorch for the benchmarks that compare with it (bench_train.py, profile_ops.py, parity_torch.py)."""
+"""The PyTorch side of the comparisons (bench_train.py, profile_ops.py, parity_torch.py): torchvision's ResNet-50
+layout, and the network, triplet loss and SGD set up as ours are. torch is imported where they are built (it is a
+benchmark-only dependency: requirements-bench.txt)."""
 
 
 def torchvision_resnet50(torch, classes=1000, eps=1e-5):
@@ -47,3 +49,35 @@ def torchvision_resnet50(torch, classes=1000, eps=1e-5):
             return self.features(x)
 
     return ResNet50()
+
+
+def torch_resnet50():
+    """ResNet-50 v1.5 in PyTorch with the BN eps and initialisation of src/models/resnet.py's "same" convention
+    (He-normal fan-out convolutions, the last BatchNorm of each block at gamma 0)."""
+    import torch
+
+    model = torchvision_resnet50(torch, eps=1e-4)
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif name.endswith("bn3"):
+            torch.nn.init.zeros_(module.weight)
+    return model
+
+
+def torch_triplet_loss(torch, emb, margin):
+    """Tripletloss with sum reduction on L2-normalised embeddings of consecutive (anchor, positive, negative)
+    rows, as src/losses/triplet.py's."""
+    x = emb / torch.sqrt((emb * emb).sum(1, keepdim=True) + 1e-12)
+    anchor, positive, negative = x[0::3], x[1::3], x[2::3]
+    return torch.relu(((anchor - positive) ** 2).sum(1) - ((anchor - negative) ** 2).sum(1) + margin).sum()
+
+
+def torch_sgd(torch, model, cfg):
+    """SGD momentum with the config's lr and weight decay, the decay not on BatchNorm parameters (as
+    MindSpore's Momentum, whose default filter skips gamma and beta)."""
+    bn_params = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
+    decay = [p for p in model.parameters() if id(p) not in bn_params]
+    no_decay = [p for p in model.parameters() if id(p) in bn_params]
+    return torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr_max, momentum=cfg.momentum)
