@@ -1,6 +1,5 @@
 """Feature extraction for retrieval evaluation (eval.py, the in-training eval, the inference chain)."""
 import os
-import tempfile
 
 import numpy as np
 
@@ -8,6 +7,7 @@ from src.data.dataset import create_dataset
 from src.data.decoding import drop_bad_images
 from src.data.image_list import read_image_list
 from src.evaluation.metrics import check_positives, check_query_positives, query_gallery_metrics, retrieval_metrics
+from src.runtime.atomic_file import atomic_path
 from src.runtime.log import Progress, get_logger
 
 logger = get_logger()
@@ -105,14 +105,6 @@ def evaluate_query_gallery(backbone, dataset_path, query_list, gallery_list, cfg
 
 def save_features(path, features, labels, paths, **extra):
     """Write features, labels and image paths (and `extra` arrays) to an .npz file, atomically."""
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".features-", suffix=".npz", dir=directory)
-    os.close(fd)
-    try:
+    # np.savez appends .npz to a name without it; keep_mode: 0600 (mkstemp's), as the file has been so far.
+    with atomic_path(path, suffix=".npz", keep_mode=True) as tmp:
         np.savez(tmp, features=features, labels=labels, paths=np.asarray(paths), **extra)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

@@ -81,3 +81,13 @@ def test_save_config_round_trips(tmp_path):
     save_config(cfg, str(path))
     assert yaml.safe_load(path.read_text()) == dict(cfg)
     assert [p.name for p in path.parent.iterdir()] == ["config.yaml"]  # no temporary left behind
+
+
+def test_a_failed_save_config_keeps_the_previous_file(tmp_path):
+    path = tmp_path / "config.yaml"
+    save_config({"batch_size": 8}, str(path))
+    before = path.read_bytes()
+    with pytest.raises(yaml.representer.RepresenterError):
+        save_config({"a": 1, "b": object()}, str(path))  # safe_dump raises on the object
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
