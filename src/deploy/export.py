@@ -1,7 +1,7 @@
 """The deployable network (backbone in inference mode, optional L2 normalisation) and its export.
 
 MINDIR and AIR go through `ms.export`, ONNX through `ms.onnx.export`. `ops.L2Normalize` has no
-ONNX mapping, so the normalisation is `src.models.resnet.L2Normalize` (x / sqrt(sum(x^2) + eps)).
+ONNX mapping, so the normalisation is `src.models.resnet.l2_normalize` (x / sqrt(sum(x^2) + eps)).
 """
 import os
 
@@ -10,7 +10,7 @@ import numpy as np
 from mindspore import nn
 
 from src.models.checkpoint import load_backbone_checkpoint, resolve_padding
-from src.models.resnet import L2Normalize, ResNet50
+from src.models.resnet import ResNet50, l2_normalize
 from src.runtime.atomic_file import atomic_path
 
 EXPORT_FORMATS = ("MINDIR", "ONNX", "AIR")
@@ -29,12 +29,11 @@ class FeatureNet(nn.Cell):
         super().__init__(auto_prefix=False)
         self.backbone = backbone
         self.l2_normalize = bool(l2_normalize)
-        self.normalize = L2Normalize()
 
     def construct(self, x):
         features = self.backbone(x)
         if self.l2_normalize:
-            features = self.normalize(features)
+            features = l2_normalize(features, axis=1)
         return features
 
 

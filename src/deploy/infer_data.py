@@ -17,7 +17,6 @@ import numpy as np
 from src.data.decoding import check_files_exist, drop_bad_images, load_image
 from src.data.image_list import read_image_list
 from src.data.transforms import eval_transform
-from src.evaluation.features import l2_normalize_rows
 from src.evaluation.metrics import DEFAULT_KS, format_metrics_table, query_gallery_metrics, retrieval_metrics
 from src.models.resnet import FEATURE_DIM
 from src.runtime.atomic_file import atomic_path, write_atomic
@@ -160,12 +159,12 @@ def load_results(result_path, label_path, feature_dim=FEATURE_DIM):
 
 
 def evaluate_results(features, labels, logger=None, ks=DEFAULT_KS, gallery=None):
-    """(metrics, report text): retrieval metrics (Recall@K for `ks`) of the L2-normalised features and the
-    acc.log text; leave-one-out, or with `gallery` = (features, labels) the queries against that gallery."""
+    """(metrics, report text): retrieval metrics (Recall@K for `ks`) of the features, L2-normalised by the metrics
+    as eval.py's are, and the acc.log text; leave-one-out, or with `gallery` = (features, labels) the queries
+    against that gallery."""
     if gallery is None:
-        metrics = retrieval_metrics(l2_normalize_rows(features), labels, ks=ks, logger=logger)
+        metrics = retrieval_metrics(features, labels, ks=ks, logger=logger)
     else:
-        metrics = query_gallery_metrics(l2_normalize_rows(features), labels, l2_normalize_rows(gallery[0]),
-                                        gallery[1], ks=ks, logger=logger)
+        metrics = query_gallery_metrics(features, labels, gallery[0], gallery[1], ks=ks, logger=logger)
     report = f"{format_metrics_table(metrics)}\neval_recall: {metrics['recall@1']:.4f}\n"
     return metrics, report

@@ -12,7 +12,7 @@ import pytest
 from mindspore import nn
 
 from src.deploy.export import INPUT_NAME, OUTPUT_NAME, build_feature_net, export_network
-from src.evaluation.features import l2_normalize_rows
+from src.evaluation.metrics import l2_normalize_rows
 from tests.paths import ROOT
 
 SIZE = 32
