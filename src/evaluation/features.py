@@ -71,7 +71,8 @@ def list_features(backbone, dataset_path, images, cfg):
     dataset = create_dataset(dataset_path, images, cfg.eval_batch_size, cfg.image_size, "eval",
                              num_parallel_workers=cfg.num_parallel_workers, eval_resize=cfg.eval_resize)
     features, labels = extract_features(backbone, dataset, len(images))
-    return l2_normalize_rows(features), images.class_ids[labels]  # the dataset yields labels in list order
+    features = l2_normalize_rows(features, f"features of {images.list_file}")  # rows in list order
+    return features, images.class_ids[labels]  # the dataset yields labels in list order
 
 
 def evaluate_backbone(backbone, dataset_path, eval_list, cfg, ks=(1, 10, 100, 1000), images=None):

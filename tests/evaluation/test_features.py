@@ -92,3 +92,18 @@ def _eval_images(root, cfg):
     images = read_image_list(os.path.join(root, "test.txt"), root)
     return [eval_transform(load_image(images.full_path(i)), cfg.image_size, cfg.eval_resize)
             for i in range(len(images))]
+
+
+def test_features_that_cannot_be_normalised_are_named_by_their_list(data):
+    from src.evaluation.features import evaluate_backbone
+
+    class Diverged(_Pixels):
+        def __call__(self, images):
+            out = super().__call__(images)
+            out[1:2] = np.nan  # the second image of each batch of 4 (of 9): rows 1 and 5
+            return out
+
+    root, cfg = data
+    with pytest.raises(ValueError, match=r"features of .*test\.txt cannot be L2-normalised: 2 row\(s\) with NaN or "
+                                         r"Inf values \(first indices: \[1, 5\]\)"):
+        evaluate_backbone(Diverged(), root, "test.txt", cfg)
