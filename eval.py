@@ -110,12 +110,15 @@ def main(argv=None):
         save_features(args.save_features, features, labels, paths, **extra)
         logger.info("features saved to %s", args.save_features)
     if args.save_retrievals:
-        save_image(args.save_retrievals, draw_retrievals(features, labels, paths, root=args.dataset_path))
+        # evaluate_backbone's features are L2-normalised already
+        picture = draw_retrievals(features, labels, paths, root=args.dataset_path, normalize=False)
+        save_image(args.save_retrievals, picture)
         logger.info("retrievals drawn to %s", args.save_retrievals)
     print(format_metrics_table(metrics))
     if args.ci:
         gallery_features = (extra["gallery_features"], extra["gallery_labels"]) if query_gallery else ()
-        print("\n".join(interval_lines(per_query_scores(features, labels, *gallery_features), labels)))
+        scores = per_query_scores(features, labels, *gallery_features, normalize=False)  # unit rows already
+        print("\n".join(interval_lines(scores, labels)))
     print(f"eval_recall: {metrics['recall@1']:.4f}")
     print(f"result: {{'acc': {metrics['recall@1']:.4f}}} ckpt={args.ckpt_path or 'random init'}")
 

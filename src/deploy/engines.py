@@ -10,7 +10,8 @@ Both engines compute in float32: OpenVINO's CPU plugin would otherwise pick bf16
 CPUs is for MindSpore's convolutions; OpenVINO's own blocked-layout kernels are faster without it.
 
 `onnx_for_checkpoint` writes the ONNX of a checkpoint's backbone once, next to the checkpoint, and reuses it
-while the checkpoint and the export settings are unchanged (eval.py --backend onnxruntime|openvino).
+while the checkpoint and the export settings are unchanged (eval.py --backend onnxruntime|openvino); a cached file
+that does not load (e.g. truncated) is exported again.
 """
 import hashlib
 import json
@@ -31,6 +32,10 @@ ENGINE_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 
 class EngineUnavailableError(ValueError):
     """The package of the chosen --backend is not installed."""
+
+
+class ModelLoadError(ValueError):
+    """An ONNX model just exported does not load in the engine."""
 
 
 def check_backend(name):
@@ -177,27 +182,28 @@ def onnx_cache_path(ckpt_path, image_size, batch_size, settings=None):
     return f"{os.path.abspath(ckpt_path)}.{int(image_size)}px-b{int(batch_size)}-{digest}.onnx"
 
 
-def onnx_for_checkpoint(backbone, ckpt_path, image_size, batch_size, settings=None):
+def onnx_for_checkpoint(backbone, ckpt_path, image_size, batch_size, settings=None, reuse=True):
     """The ONNX file of `backbone` (loaded from `ckpt_path`, features not normalised) for a fixed
     (batch_size, 3, image_size, image_size) input.
 
     Cached next to the checkpoint (onnx_cache_path; `settings`: the backbone's padding and head): a changed
-    checkpoint or setting is exported again. Where the checkpoint's folder is not writable, the file goes
-    to a temporary folder (a warning says so). `ckpt_path` None (a random init): always a temporary file.
-    Returns (path, cached): `cached` False for a temporary file, which the caller removes when done with it.
+    checkpoint or setting, or reuse=False, is exported again. Where the checkpoint's folder is not writable, the
+    file goes to a temporary folder (a warning says so). `ckpt_path` None (a random init): always a temporary file.
+    Returns (path, how): how "reused" (the cached file), "exported" (written to the cache now) or "temporary"
+    (a temporary folder's file, which the caller removes when done with it).
     """
     name = None
     if ckpt_path is not None:
         name = onnx_cache_path(ckpt_path, image_size, batch_size, settings)
-        if os.path.isfile(name):
+        if reuse and os.path.isfile(name):
             logger.info("ONNX model: reusing %s (same checkpoint and settings)", name)
-            return name, True
+            return name, "reused"
         if not os.access(os.path.dirname(name), os.W_OK):
             logger.warning("%s is not writable: the ONNX model goes to a temporary folder (exported again "
                            "next time)", os.path.dirname(name))
             name = None
-    cached = name is not None
-    if not cached:
+    how = "exported" if name is not None else "temporary"
+    if how == "temporary":
         name = os.path.join(tempfile.mkdtemp(prefix="metric_learn_onnx_"), "backbone.onnx")
     from src.deploy.export import FeatureNet, export_network
 
@@ -209,25 +215,48 @@ def onnx_for_checkpoint(backbone, ckpt_path, image_size, batch_size, settings=No
         logger.info("ONNX model: exporting the backbone (%d px, batch %d) to %s", image_size, batch_size, name)
         path = export_network(net, name, "ONNX", batch_size=batch_size, image_size=image_size)
     except BaseException:
-        if not cached:
+        if how == "temporary":
             shutil.rmtree(os.path.dirname(name), ignore_errors=True)
         raise
     finally:
         backbone.set_train(was_training)
-    return path, cached
+    return path, how
+
+
+def _load_error(err):
+    """An engine's load error in one line: its type and its last line (ONNX Runtime's has one line; OpenVINO's
+    start with the C++ places it passed through and end with what went wrong)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[-1]}" if lines else type(err).__name__
 
 
 def extraction_engine(backend, backbone, ckpt_path, image_size, batch_size, threads=None, settings=None):
     """What extracts features for `backend`: `backbone` itself for mindspore, else the engine on its ONNX export
-    (onnx_for_checkpoint: cached next to `ckpt_path`)."""
+    (onnx_for_checkpoint: cached next to `ckpt_path`).
+
+    A cached export that does not load in the engine (a damaged file) is exported again, with a warning naming
+    it; an export that does not load right after it was written is a ModelLoadError naming the file.
+    """
     if check_backend(backend) == "mindspore":
         return backbone
     _import_engine(backend)  # a missing package fails before the export
-    path, cached = onnx_for_checkpoint(backbone, ckpt_path, image_size, batch_size, settings)
-    try:
-        engine = open_engine(backend, path, threads)
-    finally:
-        if not cached:  # the engine holds the model now
-            shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+    path, how = onnx_for_checkpoint(backbone, ckpt_path, image_size, batch_size, settings)
+    engine = None
+    if how == "reused":
+        try:
+            engine = open_engine(backend, path, threads)
+        except Exception as err:  # whatever the engine makes of a damaged file: export it again
+            logger.warning("ONNX model: the cached %s does not load in %s (%s); exporting it again", path, backend,
+                           _load_error(err))
+            path, how = onnx_for_checkpoint(backbone, ckpt_path, image_size, batch_size, settings, reuse=False)
+    if engine is None:
+        try:
+            engine = open_engine(backend, path, threads)
+        except Exception as err:
+            raise ModelLoadError(f"{path}: the ONNX model just exported does not load in {backend} "
+                                 f"({_load_error(err)})") from err
+        finally:
+            if how == "temporary":  # the engine holds the model now
+                shutil.rmtree(os.path.dirname(path), ignore_errors=True)
     logger.info("features by %s on %s, %d thread(s)", backend, path, check_threads(threads))
     return engine

@@ -1,17 +1,17 @@
 """The deployable network (backbone in inference mode, optional L2 normalisation) and its export.
 
 MINDIR and AIR go through `ms.export`, ONNX through `ms.onnx.export`. `ops.L2Normalize` has no
-ONNX mapping, so the normalisation is `src.models.resnet.L2Normalize` (x / sqrt(sum(x^2) + eps)).
+ONNX mapping, so the normalisation is `src.models.resnet.l2_normalize` (x / sqrt(sum(x^2) + eps)).
 """
 import os
-import tempfile
 
 import mindspore as ms
 import numpy as np
 from mindspore import nn
 
 from src.models.checkpoint import load_backbone_checkpoint, resolve_padding
-from src.models.resnet import L2Normalize, ResNet50
+from src.models.resnet import ResNet50, l2_normalize
+from src.runtime.atomic_file import atomic_path
 
 EXPORT_FORMATS = ("MINDIR", "ONNX", "AIR")
 SUFFIXES = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
@@ -29,12 +29,11 @@ class FeatureNet(nn.Cell):
         super().__init__(auto_prefix=False)
         self.backbone = backbone
         self.l2_normalize = bool(l2_normalize)
-        self.normalize = L2Normalize()
 
     def construct(self, x):
         features = self.backbone(x)
         if self.l2_normalize:
-            features = self.normalize(features)
+            features = l2_normalize(features, axis=1)
         return features
 
 
@@ -69,28 +68,20 @@ def export_file_path(file_name, file_format):
 def export_network(net, file_name, file_format="MINDIR", batch_size=1, image_size=224):
     """Export `net` for a fixed float32 input (batch_size, 3, image_size, image_size).
 
-    The file is written under a temporary name and renamed, so `file_name` is never half-written.
+    The file is written under a temporary name and renamed, so `file_name` is never half-written; it keeps the
+    permissions the exporter gives it (MINDIR and AIR read-only, 0400; ONNX 0600).
     Returns the path of the exported file.
     """
     fmt = check_export_format(file_format, ms.get_context("device_target"))
     if int(batch_size) < 1 or int(image_size) < 1:
         raise ValueError(f"batch_size and image_size must be >= 1, got {batch_size}, {image_size}")
     path = os.path.abspath(export_file_path(file_name, fmt))
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
     dummy = ms.Tensor(np.zeros((int(batch_size), 3, int(image_size), int(image_size)), np.float32))
-    suffix = SUFFIXES[fmt]
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp" + suffix, dir=directory)
-    os.close(fd)
-    try:
-        # Both exporters add the suffix only when the name lacks it; the temporary name ends with it.
+    # Both exporters write `file_name` + the lower-case suffix unless the name ends with it: the temporary
+    # name does, so the file they write is the temporary one.
+    with atomic_path(path, suffix=".tmp" + SUFFIXES[fmt], keep_mode=True) as tmp:
         if fmt == "ONNX":
             ms.onnx.export(net, dummy, file_name=tmp, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
         else:
             ms.export(net, dummy, file_name=tmp, file_format=fmt)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path

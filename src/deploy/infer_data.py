@@ -10,8 +10,6 @@ its Recall@K equals eval.py's for the same features. Raw native-endian arrays, n
 """
 import os
 import re
-import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -19,10 +17,9 @@ import numpy as np
 from src.data.decoding import check_files_exist, drop_bad_images, load_image
 from src.data.image_list import read_image_list
 from src.data.transforms import eval_transform
-from src.evaluation.features import l2_normalize_rows
 from src.evaluation.metrics import DEFAULT_KS, format_metrics_table, query_gallery_metrics, retrieval_metrics
 from src.models.resnet import FEATURE_DIM
-from src.runtime.atomic_file import write_atomic
+from src.runtime.atomic_file import atomic_path, write_atomic
 from src.runtime.log import Progress
 
 IMAGE_DIR = "img_data"
@@ -61,35 +58,23 @@ def _check_replaceable(dest):
                          "refusing to replace it: choose another --output_path")
 
 
-def _replace_folder(staged, dest):
-    """Move the finished folder `staged` to `dest`, replacing an earlier preprocess output there."""
-    _check_replaceable(dest)
-    if os.path.lexists(dest):
-        shutil.rmtree(dest)
-    os.replace(staged, dest)
-
-
 def preprocess_eval_list(dataset_path, eval_list, output_path, cfg, logger=None):
     """Write img_data/ and label/ for `eval_list` (inside dataset_path) with cfg's eval transform.
 
     cfg supplies image_size, eval_resize, skip_bad and num_parallel_workers, as for eval.py. Both
-    folders are built in a hidden folder under output_path and moved into place when complete, so
+    folders are built in hidden folders under output_path and moved into place when complete, so
     an interrupted run leaves the previous output (or none), never half-written files or a partial
     list (only a crash between the two final renames would pair a new img_data/ with an old label/).
-    An existing img_data/ or label/ holding anything but sop_<i>.bin files is an error, checked first.
+    An existing img_data/ or label/ holding anything but sop_<i>.bin files is an error, checked first
+    and again before it is replaced.
     Returns the number of samples written.
     """
     images = read_image_list(os.path.join(dataset_path, eval_list), dataset_path)
-    for folder in (IMAGE_DIR, LABEL_DIR):
-        _check_replaceable(os.path.join(output_path, folder))
+    dests = [os.path.join(output_path, folder) for folder in (IMAGE_DIR, LABEL_DIR)]
+    for dest in dests:
+        _check_replaceable(dest)
     images = drop_bad_images(images, cfg.num_parallel_workers) if cfg.skip_bad else check_files_exist(images)
-    os.makedirs(output_path, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".preprocess-", dir=output_path)
-    try:
-        image_dir, label_dir = os.path.join(staging, IMAGE_DIR), os.path.join(staging, LABEL_DIR)
-        os.makedirs(image_dir)
-        os.makedirs(label_dir)
-
+    with atomic_path(dests[0], folder=True) as image_dir, atomic_path(dests[1], folder=True) as label_dir:
         def write_sample(index):
             image = load_image(images.full_path(index), images.where(index))
             chw = eval_transform(image, cfg.image_size, cfg.eval_resize)
@@ -107,10 +92,8 @@ def preprocess_eval_list(dataset_path, eval_list, output_path, cfg, logger=None)
                     progress.update()
         finally:
             pool.shutdown(cancel_futures=True)  # after an error, do not decode the rest of the list
-        _replace_folder(image_dir, os.path.join(output_path, IMAGE_DIR))
-        _replace_folder(label_dir, os.path.join(output_path, LABEL_DIR))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        for dest in dests:  # the folders may have changed during the run
+            _check_replaceable(dest)
     return len(images)
 
 
@@ -176,12 +159,12 @@ def load_results(result_path, label_path, feature_dim=FEATURE_DIM):
 
 
 def evaluate_results(features, labels, logger=None, ks=DEFAULT_KS, gallery=None):
-    """(metrics, report text): retrieval metrics (Recall@K for `ks`) of the L2-normalised features and the
-    acc.log text; leave-one-out, or with `gallery` = (features, labels) the queries against that gallery."""
+    """(metrics, report text): retrieval metrics (Recall@K for `ks`) of the features, L2-normalised by the metrics
+    as eval.py's are, and the acc.log text; leave-one-out, or with `gallery` = (features, labels) the queries
+    against that gallery."""
     if gallery is None:
-        metrics = retrieval_metrics(l2_normalize_rows(features), labels, ks=ks, logger=logger)
+        metrics = retrieval_metrics(features, labels, ks=ks, logger=logger)
     else:
-        metrics = query_gallery_metrics(l2_normalize_rows(features), labels, l2_normalize_rows(gallery[0]),
-                                        gallery[1], ks=ks, logger=logger)
+        metrics = query_gallery_metrics(features, labels, gallery[0], gallery[1], ks=ks, logger=logger)
     report = f"{format_metrics_table(metrics)}\neval_recall: {metrics['recall@1']:.4f}\n"
     return metrics, report

@@ -17,8 +17,7 @@ import numpy as np
 
 from src.data.decoding import load_image
 from src.data.image_list import read_image_list
-from src.evaluation.features import l2_normalize_rows
-from src.evaluation.metrics import format_metrics_table, retrieval_metrics
+from src.evaluation.metrics import format_metrics_table, l2_normalize_rows, retrieval_metrics
 
 DEFAULT_SIDES = (8, 16, 32)
 
@@ -32,7 +31,7 @@ def raw_pixel_features(images, side=32, gray=False):
             small = small @ np.array([0.299, 0.587, 0.114], np.float32)
         small = small.reshape(-1)
         rows.append(small - small.mean())
-    return l2_normalize_rows(np.stack(rows))
+    return l2_normalize_rows(np.stack(rows), "raw pixel features")
 
 
 def raw_pixel_baselines(images, labels, sides=DEFAULT_SIDES, ks=(1, 10)):
@@ -41,7 +40,8 @@ def raw_pixel_baselines(images, labels, sides=DEFAULT_SIDES, ks=(1, 10)):
     for side in sides:
         for gray in (False, True):
             name = f"raw pixels {side}x{side} {'gray' if gray else 'RGB'}"
-            results.append((name, retrieval_metrics(raw_pixel_features(images, side, gray), labels, ks=ks)))
+            features = raw_pixel_features(images, side, gray)
+            results.append((name, retrieval_metrics(features, labels, ks=ks, normalize=False)))
     results.sort(key=lambda item: (-item[1]["recall@1"], -item[1]["map@r"]))
     return results
 

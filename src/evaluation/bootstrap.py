@@ -86,11 +86,13 @@ def paired_gain_interval(before, after, classes, resamples=DEFAULT_RESAMPLES, le
     return _interval(_mean(after) - _mean(before), gains, level)
 
 
-def per_query_scores(features, labels, gallery_features=None, gallery_labels=None):
-    """The per-query Recall@1 (0/1) and AP@R of leave-one-out retrieval (or of queries against a gallery)."""
+def per_query_scores(features, labels, gallery_features=None, gallery_labels=None, normalize=True):
+    """The per-query Recall@1 (0/1) and AP@R of leave-one-out retrieval (or of queries against a gallery).
+    normalize=False: the features are unit rows already (the evaluation's), ranked as given."""
     if gallery_features is None:
-        return retrieval_metrics(features, labels, ks=(1,), per_query=True)[1]
-    return query_gallery_metrics(features, labels, gallery_features, gallery_labels, ks=(1,), per_query=True)[1]
+        return retrieval_metrics(features, labels, ks=(1,), per_query=True, normalize=normalize)[1]
+    return query_gallery_metrics(features, labels, gallery_features, gallery_labels, ks=(1,), per_query=True,
+                                 normalize=normalize)[1]
 
 
 def format_interval(name, estimate, low, high, level=DEFAULT_LEVEL, signed=False):

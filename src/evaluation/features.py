@@ -1,22 +1,22 @@
 """Feature extraction for retrieval evaluation (eval.py, the in-training eval, the inference chain)."""
 import os
-import tempfile
 
 import numpy as np
 
 from src.data.dataset import create_dataset
 from src.data.decoding import drop_bad_images
 from src.data.image_list import read_image_list
-from src.evaluation.metrics import check_positives, check_query_positives, query_gallery_metrics, retrieval_metrics
+from src.evaluation.metrics import (
+    check_positives,
+    check_query_positives,
+    l2_normalize_rows,
+    query_gallery_metrics,
+    retrieval_metrics,
+)
+from src.runtime.atomic_file import atomic_path
 from src.runtime.log import Progress, get_logger
 
 logger = get_logger()
-
-
-def l2_normalize_rows(features, eps=1e-12):
-    """Numpy twin of src.models.resnet.l2_normalize: x / sqrt(sum(x^2) + eps), row-wise, float32."""
-    features = np.asarray(features, np.float32)
-    return features / np.sqrt((features.astype(np.float64) ** 2).sum(1, keepdims=True) + eps).astype(np.float32)
 
 
 def extract_features(backbone, dataset, total, what="extracting features"):
@@ -64,11 +64,15 @@ def read_checked_query_gallery(dataset_path, query_list, gallery_list, cfg):
 
 
 def list_features(backbone, dataset_path, images, cfg):
-    """(L2-normalised features, class ids as written in the list file) of an ImageList, in list order."""
+    """(L2-normalised features, class ids as written in the list file) of an ImageList, in list order.
+
+    The features are normalised here, once: the metrics and the pictures take them as they are (normalize=False).
+    """
     dataset = create_dataset(dataset_path, images, cfg.eval_batch_size, cfg.image_size, "eval",
                              num_parallel_workers=cfg.num_parallel_workers, eval_resize=cfg.eval_resize)
     features, labels = extract_features(backbone, dataset, len(images))
-    return l2_normalize_rows(features), images.class_ids[labels]  # the dataset yields labels in list order
+    features = l2_normalize_rows(features, f"features of {images.list_file}")  # rows in list order
+    return features, images.class_ids[labels]  # the dataset yields labels in list order
 
 
 def evaluate_backbone(backbone, dataset_path, eval_list, cfg, ks=(1, 10, 100, 1000), images=None):
@@ -80,7 +84,7 @@ def evaluate_backbone(backbone, dataset_path, eval_list, cfg, ks=(1, 10, 100, 10
     if images is None:
         images = read_checked_list(dataset_path, eval_list, cfg)
     features, labels = list_features(backbone, dataset_path, images, cfg)
-    metrics = retrieval_metrics(features, labels, ks=ks, logger=logger)
+    metrics = retrieval_metrics(features, labels, ks=ks, logger=logger, normalize=False)
     return metrics, features, labels, images.paths
 
 
@@ -98,21 +102,13 @@ def evaluate_query_gallery(backbone, dataset_path, query_list, gallery_list, cfg
     query_features, query_labels = list_features(backbone, dataset_path, queries, cfg)
     gallery_features, gallery_labels = list_features(backbone, dataset_path, gallery, cfg)
     metrics = query_gallery_metrics(query_features, query_labels, gallery_features, gallery_labels, ks=ks,
-                                    logger=logger)
+                                    logger=logger, normalize=False)
     return (metrics, (query_features, query_labels, queries.paths),
             (gallery_features, gallery_labels, gallery.paths))
 
 
 def save_features(path, features, labels, paths, **extra):
     """Write features, labels and image paths (and `extra` arrays) to an .npz file, atomically."""
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".features-", suffix=".npz", dir=directory)
-    os.close(fd)
-    try:
+    # np.savez appends .npz to a name without it; keep_mode: 0600 (mkstemp's), as the file has been so far.
+    with atomic_path(path, suffix=".npz", keep_mode=True) as tmp:
         np.savez(tmp, features=features, labels=labels, paths=np.asarray(paths), **extra)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

@@ -50,11 +50,12 @@ _MAX_LISTED = 5
 
 
 def retrieval_metrics(features, labels, ks=DEFAULT_KS, memory_budget_bytes=DEFAULT_MEMORY_BUDGET,
-                      logger=None, num_threads=None, per_query=False):
+                      logger=None, num_threads=None, per_query=False, normalize=True):
     """Leave-one-out retrieval metrics: every item queries all the others.
 
     Args:
-        features: (N, d) real array; rows are L2-normalised here (float32).
+        features: (N, d) real array; rows are L2-normalised here (l2_normalize_rows, float32) unless
+            normalize=False: then they already are (l2_normalize_rows's output) and are ranked as given.
         labels: (N,) class labels (any type `np.unique` can sort).
         ks: the K of Recall@K.
         memory_budget_bytes: bound for the similarity block (the
@@ -73,7 +74,7 @@ def retrieval_metrics(features, labels, ks=DEFAULT_KS, memory_budget_bytes=DEFAU
     labels = _check_labels(labels, features, "features", "labels")
     if len(labels) < 2:
         raise ValueError(f"leave-one-out retrieval needs at least 2 items, got {len(labels)}")
-    gallery = normalize_rows(features, "features")
+    gallery = unit_rows(features, "features", normalize)
     class_ids = np.unique(labels, return_inverse=True)[1].reshape(-1)
     return _evaluate(gallery, gallery, class_ids, class_ids, leave_one_out=True, ks=ks,
                      memory_budget_bytes=memory_budget_bytes, progress_logger=logger,
@@ -82,11 +83,11 @@ def retrieval_metrics(features, labels, ks=DEFAULT_KS, memory_budget_bytes=DEFAU
 
 def query_gallery_metrics(query_features, query_labels, gallery_features, gallery_labels,
                           ks=DEFAULT_KS, memory_budget_bytes=DEFAULT_MEMORY_BUDGET, logger=None,
-                          num_threads=None, per_query=False):
+                          num_threads=None, per_query=False, normalize=True):
     """Query/gallery retrieval metrics: each query ranks the whole gallery (no self-exclusion).
 
-    R of a query is the number of gallery items with its label. Arguments and returned keys as
-    in `retrieval_metrics`.
+    R of a query is the number of gallery items with its label. Arguments (`normalize` for both
+    feature arrays) and returned keys as in `retrieval_metrics`.
     """
     query_labels = _check_labels(query_labels, query_features, "query_features", "query_labels")
     gallery_labels = _check_labels(gallery_labels, gallery_features, "gallery_features",
@@ -94,8 +95,8 @@ def query_gallery_metrics(query_features, query_labels, gallery_features, galler
     if len(query_labels) == 0 or len(gallery_labels) == 0:
         raise ValueError(f"need at least one query and one gallery item, got {len(query_labels)} "
                          f"queries and {len(gallery_labels)} gallery items")
-    queries = normalize_rows(query_features, "query_features")
-    gallery = normalize_rows(gallery_features, "gallery_features")
+    queries = unit_rows(query_features, "query_features", normalize)
+    gallery = unit_rows(gallery_features, "gallery_features", normalize)
     if queries.shape[1] != gallery.shape[1]:
         raise ValueError(f"query and gallery features differ in dimension: "
                          f"{queries.shape[1]} != {gallery.shape[1]}")
@@ -162,21 +163,16 @@ def format_metrics_table(metrics):
     return "\n".join(lines)
 
 
-def normalize_rows(features, name="features"):
-    """Rows scaled to unit L2 norm, as a new float32 array.
+def l2_normalize_rows(features, name="features"):
+    """Rows scaled to unit L2 norm, as a new float32 array: the L2 normalisation of numpy features
+    (src.models.resnet.l2_normalize is the network's, on MindSpore tensors).
 
     Computed in float64, each row first scaled by a power of two near its largest magnitude
     (exact), so neither huge nor tiny values overflow; the same row always gives the same bytes.
-    Raises ValueError naming the rows that hold NaN/Inf or are all zero.
+    Raises ValueError naming `name` and the rows that hold NaN/Inf or are all zero.
     """
-    x = np.asarray(features)
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (items, dim) array, got shape {x.shape}")
-    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-        raise ValueError(f"{name} must be real numbers, got dtype {x.dtype}")
+    x = _check_rows(features, name)
     n, dim = x.shape
-    if dim == 0:
-        raise ValueError(f"{name} has zero feature dimension (shape {x.shape})")
     out = np.empty((n, dim), dtype=np.float32)
     rows = max(1, _CHUNK_ELEMENTS // dim)  # cache-sized float64 chunks
     nonfinite, zero = [], []
@@ -204,6 +200,26 @@ def normalize_rows(features, name="features"):
     if problems:
         raise ValueError(f"{name} cannot be L2-normalised: " + "; ".join(problems))
     return out
+
+
+def _check_rows(features, name):
+    """`features` as an array, checked to be a 2-D real (items, dim) array with dim >= 1."""
+    x = np.asarray(features)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (items, dim) array, got shape {x.shape}")
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise ValueError(f"{name} must be real numbers, got dtype {x.dtype}")
+    if x.shape[1] == 0:
+        raise ValueError(f"{name} has zero feature dimension (shape {x.shape})")
+    return x
+
+
+def unit_rows(features, name="features", normalize=True):
+    """The float32 unit rows to rank by: l2_normalize_rows(features), or with normalize=False the features as
+    given (already its output), only checked to be a 2-D real array."""
+    if normalize:
+        return l2_normalize_rows(features, name)
+    return np.ascontiguousarray(_check_rows(features, name), dtype=np.float32)
 
 
 def _check_labels(labels, features, features_name, labels_name):

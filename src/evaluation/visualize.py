@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from src.evaluation.metrics import normalize_rows
+from src.evaluation.metrics import unit_rows
 from src.runtime.atomic_file import write_atomic
 
 # RGB frame colours.
@@ -64,13 +64,14 @@ def choose_queries(num_items, num_queries=6, seed=0):
     return np.sort(np.random.default_rng(seed).choice(num_items, size=count, replace=False))
 
 
-def nearest_neighbours(features, query_indices, top_k=5):
+def nearest_neighbours(features, query_indices, top_k=5, normalize=True):
     """Leave-one-out top-k of each query among all items.
 
     Returns (indices (Q, k) int64, squared L2 distances (Q, k) float32) on L2-normalised rows,
     nearest first, exact ties to the lower index; k is clipped to the N - 1 other items.
+    normalize=False: the rows already are (l2_normalize_rows's output) and are used as given.
     """
-    x = normalize_rows(features, "features")
+    x = unit_rows(features, "features", normalize)
     query_indices = np.asarray(query_indices, np.int64).reshape(-1)
     if len(x) < 2:
         raise ValueError(f"leave-one-out retrieval needs at least 2 items, got {len(x)}")
@@ -132,11 +133,11 @@ def _put_cell(canvas, layout, row, column, tile, colour):
     canvas[y + b:y + b + layout.tile, x + b:x + b + layout.tile] = tile
 
 
-def draw_retrievals(features, labels, images, root=None, num_queries=6, top_k=5, seed=0, tile=64):
+def draw_retrievals(features, labels, images, root=None, num_queries=6, top_k=5, seed=0, tile=64, normalize=True):
     """The retrieval picture as an RGB uint8 array (layout: `GridLayout(rows, top_k, tile)`).
 
     Args:
-        features: (N, d) features (normalised here).
+        features: (N, d) features (normalised here unless normalize=False: already L2-normalised).
         labels: (N,) class labels; a neighbour is "right" (green) when its label is the query's.
         images: N items, each an HxWx3 uint8 RGB array or an image path (relative to `root`).
             Only the queries and their neighbours are read.
@@ -148,7 +149,7 @@ def draw_retrievals(features, labels, images, root=None, num_queries=6, top_k=5,
         raise ValueError(f"features, labels and images must have one entry per item, got {len(features)}, "
                          f"{len(labels)} and {len(images)}")
     queries = choose_queries(len(labels), num_queries, seed)
-    neighbours, distances = nearest_neighbours(features, queries, top_k)
+    neighbours, distances = nearest_neighbours(features, queries, top_k, normalize)
     layout = GridLayout(rows=len(queries), top_k=neighbours.shape[1], tile=int(tile))
     canvas = np.full((layout.height, layout.width, 3), BACKGROUND, np.uint8)
     _put_caption(canvas, layout, f"query | top-{layout.top_k}, squared L2 distance; green: same class, red: other")

@@ -6,11 +6,11 @@ network's own parameter names are read from the file (optimizer state, heads and
 are ignored), and any missing or mis-shaped parameter is an error that lists them all.
 """
 import os
-import tempfile
 
 import mindspore as ms
 
 from src.models.resnet import CONVENTION_KEY, PADDINGS
+from src.runtime.atomic_file import atomic_path
 
 
 class CheckpointError(ValueError):
@@ -119,19 +119,18 @@ def resolve_padding(requested, ckpt_paths):
 
 def save_checkpoint_atomic(net, path, append_dict=None):
     """Save `net` (a Cell or a list of {"name", "data"}) to `path` via a temporary file and a rename,
-    so that `path` is either the old file or the complete new one, never half-written."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
+    so that `path` is either the old file or the complete new one, never half-written (read-only, 0400, as
+    MindSpore leaves its checkpoints)."""
     # save_checkpoint appends ".ckpt" to other names, so the temporary name ends with it too.
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp.ckpt", dir=directory)
-    os.close(fd)
-    try:
-        ms.save_checkpoint(net, tmp, append_dict=append_dict)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path, suffix=".ckpt", keep_mode=True) as tmp:
+        try:
+            ms.save_checkpoint(net, tmp, append_dict=append_dict)
+        except BaseException:
+            # save_checkpoint writes x.tmp for x.ckpt first and leaves it when interrupted.
+            partial = os.path.splitext(tmp)[0] + ".tmp"
+            if os.path.lexists(partial):
+                os.remove(partial)
+            raise
 
 
 def read_checkpoint_values(ckpt_path, names):

@@ -39,18 +39,10 @@ def check_padding(padding):
 
 
 def l2_normalize(x, axis=1, eps=1e-12):
-    """x / sqrt(sum(x^2) + eps): finite for a zero vector, and exportable to ONNX (L2Normalize is not)."""
+    """x / sqrt(sum(x^2) + eps): the L2 normalisation of MindSpore tensors (the embedding head's, the losses',
+    the export's output layer); finite for a zero vector, and exportable to ONNX (ops.L2Normalize is not).
+    Numpy features: src.evaluation.metrics.l2_normalize_rows."""
     return x / ops.sqrt((x * x).sum(axis=axis, keepdims=True) + eps)
-
-
-class L2Normalize(nn.Cell):
-    def __init__(self, axis=1, eps=1e-12):
-        super().__init__()
-        self.axis = axis
-        self.eps = eps
-
-    def construct(self, x):
-        return l2_normalize(x, self.axis, self.eps)
 
 
 def _conv(in_channel, out_channel, kernel_size, stride=1, padding="same", kernels=MINDSPORE):

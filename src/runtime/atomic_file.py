@@ -12,12 +12,14 @@ os.umask(_UMASK)
 
 
 @contextlib.contextmanager
-def atomic_path(path, suffix=".tmp", folder=False):
+def atomic_path(path, suffix=".tmp", folder=False, keep_mode=False):
     """Yield a temporary path beside `path`; rename it onto `path` when the block ends normally, remove it when
     the block raises (the exception goes on). `suffix` ends the temporary name (writers that choose a format by
     the file's ending, e.g. np.savez or ms.save_checkpoint, need theirs). With folder=True the temporary path is
     an empty folder, and it replaces a folder `path` (the old one is removed only after the new one is complete).
-    A file gets the umask's permissions, not mkstemp's 0600."""
+    A file gets the umask's permissions, not mkstemp's 0600; keep_mode=True leaves it those it has when the
+    block ends (the writer's: MindSpore makes checkpoints and exports read-only, 0400; a file the block only
+    wrote into keeps mkstemp's 0600)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     prefix = "." + os.path.basename(path) + "."
@@ -32,7 +34,8 @@ def atomic_path(path, suffix=".tmp", folder=False):
             os.chmod(tmp, 0o777 & ~_UMASK)
             _replace_folder(tmp, path)
         else:
-            os.chmod(tmp, 0o666 & ~_UMASK)
+            if not keep_mode:
+                os.chmod(tmp, 0o666 & ~_UMASK)
             os.replace(tmp, path)
     except BaseException:
         if os.path.isdir(tmp) and not os.path.islink(tmp):

@@ -8,10 +8,10 @@ naming an unknown key, or giving a value of the wrong type, is an error. A key r
 by an earlier run loads, and its old command-line override works.
 """
 import os
-import tempfile
 
 import yaml
 
+from src.runtime.atomic_file import atomic_path
 from src.runtime.log import get_logger
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -177,15 +177,7 @@ def load_config(loss_name=None, device_target="Ascend", config_path=None, overri
 
 
 def save_config(cfg, path):
-    """Write the resolved config as YAML, atomically (a reader never sees half a file)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".yaml.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yaml.safe_dump(dict(cfg), f, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write the resolved config as YAML, atomically (a reader never sees half a file); creates the folder."""
+    # keep_mode: 0600 (mkstemp's), the permissions config.yaml has had so far.
+    with atomic_path(path, keep_mode=True) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        yaml.safe_dump(dict(cfg), f, sort_keys=True)

@@ -102,6 +102,89 @@ def test_the_cpu_chain_runs_the_onnx_model_in_openvino(evaluations, tmp_path):
     assert "(openvino, 2 thread(s)): 114 inputs of shape 1x3x32x32" in (tmp_path / "infer.log").read_text()
 
 
+@pytest.mark.slow
+def test_a_damaged_cached_model_is_exported_again(evaluations, tmp_path):
+    """A truncated ONNX file in the cache: eval.py warns, exports it again and prints the usual lines."""
+    from src.models.checkpoint import resolve_padding
+    from src.models.resnet import head_options
+    from src.runtime.config import load_config
+
+    cfg = load_config("triplet", "CPU")  # eval.py's default stage: the settings its cache key holds
+    settings = dict(head_options(cfg), padding=resolve_padding(cfg.backbone_padding, [evaluations["ckpt"]]))
+    folder = os.path.dirname(evaluations["ckpt"])
+    model = os.path.join(folder, next(name for name in os.listdir(folder) if name.endswith(".onnx")))
+    assert engines.onnx_cache_path(evaluations["ckpt"], SIZE, BATCH, settings) == model
+    ckpt = tmp_path / "untrained.ckpt"  # the same checkpoint in a folder of its own: its own cache name
+    os.link(evaluations["ckpt"], ckpt)
+    damaged = engines.onnx_cache_path(str(ckpt), SIZE, BATCH, settings)
+    with open(model, "rb") as f:
+        valid = f.read()
+    with open(damaged, "wb") as f:
+        f.write(valid[:len(valid) // 2])
+    log = run([sys.executable, os.path.join(ROOT, "eval.py"), "--dataset_path", evaluations["data"], "--eval_list",
+               "test.txt", "--ckpt_path", str(ckpt), "--image_size", str(SIZE), "--eval_batch_size", str(BATCH),
+               "--num_parallel_workers", "1", "--recall_ks", "1,10", "--backend", "onnxruntime", "--threads", "2"])
+    warnings = [line for line in log.splitlines() if "WARNING" in line and "OpenBLAS" not in line]
+    assert len(warnings) == 1 and warnings[0].endswith(
+        f"WARNING metric_learn: ONNX model: the cached {damaged} does not load in onnxruntime (InvalidProtobuf: "
+        f"[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from {damaged} failed:Protobuf parsing failed.); "
+        "exporting it again"), log
+    expected = results(evaluations["mindspore"]["log"])
+    assert results(log) == [line.replace(evaluations["ckpt"], str(ckpt)) for line in expected]
+    assert os.path.getsize(damaged) == len(valid)
+    assert sorted(os.listdir(tmp_path)) == sorted(["untrained.ckpt", os.path.basename(damaged)])
+
+
+class _Untrainable:
+    """A stand-in backbone for an exporter that does not look at it."""
+
+    training = False
+
+    def set_train(self, mode=True):
+        pass
+
+
+@pytest.mark.parametrize("backend", ENGINES)
+def test_an_export_that_does_not_load_is_a_one_line_error(backend, tmp_path, monkeypatch, caplog):
+    """The exporter writes garbage: a damaged cached file is exported again (a warning); the fresh export does not
+    load either: one ERROR line naming it."""
+    pytest.importorskip(backend, reason=f"{backend} is a test dependency (requirements-dev.txt)")
+    from src.deploy import export
+    from src.runtime.cli import run as run_entry
+
+    exported = []
+
+    def garbage(net, file_name, file_format, batch_size, image_size):
+        with open(file_name, "wb") as f:
+            f.write(b"garbage, not a model")
+        exported.append(file_name)
+        return file_name
+
+    monkeypatch.setattr(export, "export_network", garbage)
+    ckpt = tmp_path / "a.ckpt"
+    ckpt.write_bytes(b"weights")
+    cached = engines.onnx_cache_path(str(ckpt), 32, 4)
+    with open(cached, "wb") as f:
+        f.write(b"\x08\x07\x12")  # a truncated file
+    with pytest.raises(SystemExit) as exit_status:
+        run_entry(lambda argv: engines.extraction_engine(backend, _Untrainable(), str(ckpt), 32, 4, threads=1))
+    assert exit_status.value.code == 1 and exported == [cached]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "OpenBLAS" not in r.message]
+    assert len(warnings) == 1 and re.fullmatch(
+        rf"ONNX model: the cached {re.escape(cached)} does not load in {backend} \(\w+: .+\); exporting it again",
+        warnings[0]), warnings
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0] and re.fullmatch(
+        rf"ModelLoadError: {re.escape(cached)}: the ONNX model just exported does not load in {backend} \(\w+: .+\)",
+        errors[0]), errors
+    caplog.clear()
+    exported.clear()
+    with pytest.raises(engines.ModelLoadError, match=r"metric_learn_onnx_\w+/backbone\.onnx: the ONNX model just"):
+        engines.extraction_engine(backend, _Untrainable(), None, 32, 4, threads=1)  # a random init: a temporary file
+    assert len(exported) == 1 and not os.path.exists(os.path.dirname(exported[0])), "its folder is removed"
+    assert not [r for r in caplog.records if r.levelname == "WARNING" and "OpenBLAS" not in r.message]
+
+
 def test_the_cached_model_is_reused_until_the_checkpoint_or_a_setting_changes(tmp_path):
     ckpt = tmp_path / "a.ckpt"
     ckpt.write_bytes(b"weights")
@@ -109,7 +192,7 @@ def test_the_cached_model_is_reused_until_the_checkpoint_or_a_setting_changes(tm
     assert os.path.dirname(cached) == str(tmp_path) and os.path.basename(cached).startswith("a.ckpt.32px-b4-")
     with open(cached, "w") as f:
         f.write("onnx")
-    assert engines.onnx_for_checkpoint(None, str(ckpt), 32, 4, {"pooling": "avg"}) == (cached, True)  # no export
+    assert engines.onnx_for_checkpoint(None, str(ckpt), 32, 4, {"pooling": "avg"}) == (cached, "reused")  # no export
     changed = {engines.onnx_cache_path(str(ckpt), 32, 4, {"pooling": "max"}),
                engines.onnx_cache_path(str(ckpt), 64, 4, {"pooling": "avg"}),
                engines.onnx_cache_path(str(ckpt), 32, 8, {"pooling": "avg"})}

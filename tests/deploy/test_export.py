@@ -2,6 +2,7 @@
 refused with one-line errors."""
 import os
 import re
+import stat
 import subprocess
 import sys
 
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 from mindspore import nn
 
-from src.deploy.export import INPUT_NAME, OUTPUT_NAME, build_feature_net
-from src.evaluation.features import l2_normalize_rows
+from src.deploy.export import INPUT_NAME, OUTPUT_NAME, build_feature_net, export_network
+from src.evaluation.metrics import l2_normalize_rows
 from tests.paths import ROOT
 
 SIZE = 32
@@ -92,6 +93,29 @@ def test_files_are_named_after_the_format(exported):
     assert exported["mindir"].endswith("plain.mindir") and os.path.isfile(exported["mindir"])
     assert exported["onnx_l2"].endswith("l2.onnx") and os.path.isfile(exported["onnx_l2"])
     assert not [name for name in os.listdir(os.path.dirname(exported["mindir"])) if ".tmp" in name]
+    # The permissions MindSpore's exporters give their files (ms.onnx.export keeps the temporary file's).
+    assert stat.S_IMODE(os.stat(exported["mindir"]).st_mode) == stat.S_IRUSR
+    assert stat.S_IMODE(os.stat(exported["onnx_l2"]).st_mode) == stat.S_IRUSR | stat.S_IWUSR
+
+
+@pytest.mark.parametrize("file_format", ["MINDIR", "ONNX"])
+def test_a_failed_export_keeps_the_previous_file_and_leaves_nothing(tmp_path, monkeypatch, file_format):
+    written = []
+
+    def failing(net, *inputs, file_name, **kwargs):
+        with open(file_name, "wb") as f:  # the name the exporter is given already ends with the format's suffix
+            f.write(b"half a graph")
+        written.append(file_name)
+        raise RuntimeError("export failed")
+
+    monkeypatch.setattr(ms.onnx if file_format == "ONNX" else ms, "export", failing)
+    path = tmp_path / ("net.onnx" if file_format == "ONNX" else "net.mindir")
+    path.write_bytes(b"previous export")
+    with pytest.raises(RuntimeError, match="export failed"):
+        export_network(None, str(tmp_path / "net"), file_format, image_size=SIZE)
+    assert written and written[0].endswith(path.suffix) and os.path.dirname(written[0]) == str(tmp_path)
+    assert path.read_bytes() == b"previous export"
+    assert os.listdir(tmp_path) == [path.name]
 
 
 def test_mindir_gives_the_checkpointed_features(exported, images, reference, graph_mode):

@@ -14,7 +14,7 @@ from src.data.demo_data import make_retrieval_dataset
 from src.data.image_list import read_image_list
 from src.data.transforms import eval_transform
 from src.deploy.infer_data import load_results
-from src.evaluation.features import l2_normalize_rows
+from src.evaluation.metrics import l2_normalize_rows
 from tests.paths import FIXTURES, ROOT
 
 SIZE = 32

@@ -358,7 +358,7 @@ def test_bad_ks_and_query_gallery_shapes():
 
 def test_extreme_magnitudes_normalise():
     x = np.array([[1e-40, 0.0], [3e38, 3e38], [1.0, 1e-3], [-1.0, 0.0]], dtype=np.float64)
-    unit = metrics.normalize_rows(x)
+    unit = metrics.l2_normalize_rows(x)
     assert unit.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, rtol=1e-6)
 
@@ -397,3 +397,15 @@ def test_format_metrics_table():
     text = format_metrics_table({"recall@1": 0.81234, "map@r": 0.5, "num_queries": 12})
     assert text.splitlines() == ["recall@1       0.8123", "map@r          0.5000",
                                  "num_queries        12"]
+
+
+def test_normalized_features_are_ranked_as_given():
+    rng = np.random.default_rng(11)
+    x, labels = clustered(rng, 60, 6, 16)
+    x = 10 * x + 1
+    unit = metrics.l2_normalize_rows(x)
+    assert retrieval_metrics(unit, labels, normalize=False) == retrieval_metrics(x, labels)
+    assert query_gallery_metrics(unit[:20], labels[:20], unit, labels, normalize=False) == \
+        query_gallery_metrics(x[:20], labels[:20], x, labels)
+    with pytest.raises(ValueError, match="features must be a 2-D"):
+        retrieval_metrics(unit[:, :, None], labels, normalize=False)

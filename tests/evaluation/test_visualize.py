@@ -5,6 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
+from src.evaluation.metrics import l2_normalize_rows
 from src.evaluation.visualize import (
     OTHER_CLASS,
     QUERY,
@@ -140,3 +141,10 @@ def test_save_image_round_trip(tmp_path):
         save_image(str(tmp_path / "out"), image)
     with pytest.raises(ValueError, match="cannot write"):
         save_image(str(tmp_path / "out.notanimage"), image)
+
+
+def test_normalized_features_give_the_same_neighbours():
+    unit = l2_normalize_rows(FEATURES)
+    for got, expected in zip(nearest_neighbours(unit, [0, 5], normalize=False), nearest_neighbours(FEATURES, [0, 5]),
+                             strict=True):
+        np.testing.assert_array_equal(got, expected)

@@ -49,3 +49,17 @@ def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path):
         (tmp_path / os.path.basename(tmp) / "b.txt").write_text("2")
     assert sorted(os.listdir(target)) == ["b.txt"]
     assert os.listdir(tmp_path) == ["index"], "no temporary or old folder left"
+
+
+def test_keep_mode_leaves_the_writers_permissions(tmp_path):
+    target = tmp_path / "model.ckpt"
+    with atomic_path(str(target), suffix=".ckpt", keep_mode=True) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(b"weights")
+        os.chmod(tmp, stat.S_IRUSR)  # as ms.save_checkpoint leaves its files
+    assert stat.S_IMODE(os.stat(target).st_mode) == stat.S_IRUSR
+    with atomic_path(str(target), suffix=".ckpt", keep_mode=True) as tmp:  # a read-only target is replaced
+        with open(tmp, "wb") as f:
+            f.write(b"new")
+    assert target.read_bytes() == b"new" and stat.S_IMODE(os.stat(target).st_mode) == 0o600, "mkstemp's"
+    assert os.listdir(tmp_path) == ["model.ckpt"]

@@ -105,3 +105,13 @@ def test_a_config_saved_with_cpu_conv_loads_as_cpu_kernels(tmp_path, caplog):
 def test_cpu_conv_and_cpu_kernels_together_are_refused():
     with pytest.raises(ConfigError, match="cpu_conv is the earlier name of cpu_kernels"):
         load_config("triplet", "CPU", overrides=["cpu_conv=onednn", "cpu_kernels=native"])
+
+
+def test_a_failed_save_config_keeps_the_previous_file(tmp_path):
+    path = tmp_path / "config.yaml"
+    save_config({"batch_size": 8}, str(path))
+    before = path.read_bytes()
+    with pytest.raises(yaml.representer.RepresenterError):
+        save_config({"a": 1, "b": object()}, str(path))  # safe_dump raises on the object
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
