@@ -109,6 +109,6 @@ def evaluate_query_gallery(backbone, dataset_path, query_list, gallery_list, cfg
 
 def save_features(path, features, labels, paths, **extra):
     """Write features, labels and image paths (and `extra` arrays) to an .npz file, atomically."""
-    # np.savez appends .npz to a name without it; keep_mode: 0600 (mkstemp's), as the file has been so far.
-    with atomic_path(path, suffix=".npz", keep_mode=True) as tmp:
+    # np.savez appends .npz to a name without it.
+    with atomic_path(path, suffix=".npz") as tmp:
         np.savez(tmp, features=features, labels=labels, paths=np.asarray(paths), **extra)

@@ -178,6 +178,5 @@ def load_config(loss_name=None, device_target="Ascend", config_path=None, overri
 
 def save_config(cfg, path):
     """Write the resolved config as YAML, atomically (a reader never sees half a file); creates the folder."""
-    # keep_mode: 0600 (mkstemp's), the permissions config.yaml has had so far.
-    with atomic_path(path, keep_mode=True) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         yaml.safe_dump(dict(cfg), f, sort_keys=True)
