@@ -30,7 +30,10 @@ def raw_pixel_features(images, side=32, gray=False):
         if gray:
             small = small @ np.array([0.299, 0.587, 0.114], np.float32)
         small = small.reshape(-1)
-        rows.append(small - small.mean())
+        centred = small - small.mean()
+        # A view of a flat region is all zero once centred: it carries no pixel information, so it gets the
+        # constant direction, orthogonal to every centred row (similarity 0 to all: it is found by nothing).
+        rows.append(centred if np.any(centred) else np.ones_like(centred))
     return l2_normalize_rows(np.stack(rows), "raw pixel features")
 
 

@@ -26,6 +26,17 @@ def test_features_are_resized_centred_and_normalised():
     np.testing.assert_allclose(gray[2], centred / np.linalg.norm(centred), rtol=1e-5, atol=5e-6)
 
 
+def test_a_flat_image_gets_the_constant_direction_not_an_error():
+    """A view of a flat region has nothing left once centred (a demo data draw has one): it is similar to no
+    other image, instead of stopping the baseline with a zero-norm error."""
+    images = random_images(4, seed=3) + [np.full((20, 23, 3), 117, np.uint8)]
+    feats = raw_pixel_features(images, side=8)
+    np.testing.assert_allclose(feats[-1], np.full(8 * 8 * 3, 1 / np.sqrt(8 * 8 * 3)), rtol=1e-6)
+    np.testing.assert_allclose(feats[:-1] @ feats[-1], 0, atol=1e-6)
+    results = raw_pixel_baselines(images, [1, 1, 2, 2, 3], sides=(8,))
+    assert results[0][1]["num_queries"] == 5
+
+
 def test_brightness_and_contrast_changes_do_not_move_a_feature():
     image = random_images(1)[0].astype(np.float64)
     changed = np.clip(0.5 * image + 40, 0, 255).astype(np.uint8)  # stays inside 0..255: an exact affine change
