@@ -140,10 +140,9 @@ def test_eval_metrics_equal_brute_force_on_saved_features(recipe):
     assert eval_recall(logs["eval"]) == pytest.approx(hits[:, 0].mean(), abs=1e-4)
     # --ci: the intervals of the bootstrap over the test classes, around the printed values
     lines = interval_lines(per_query_scores(saved["features"], labels, normalize=False), labels)
-    assert [line for line in logs["eval"].splitlines() if "_ci " in line] == lines
+    assert [line for line in logs["eval"].splitlines() if "_ci95 " in line] == lines
     for line, name in zip(lines, ("recall@1", "map@r"), strict=True):
-        value, low, high = map(float, re.fullmatch(rf"{name}_ci  ([0-9.]+)  95% interval \[([0-9.]+), ([0-9.]+)\]",
-                                                   line).groups())
+        value, low, high = map(float, re.fullmatch(rf"{name}_ci95  ([0-9.]+) \[([0-9.]+), ([0-9.]+)\]", line).groups())
         assert value == pytest.approx(float(table[name]), abs=1e-4) and low <= value <= high
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from src.data.decoding import load_image
 from src.data.image_list import read_image_list
+from src.evaluation.features import save_features
 from src.evaluation.metrics import format_metrics_table, l2_normalize_rows, retrieval_metrics
 
 DEFAULT_SIDES = (8, 16, 32)
@@ -37,23 +38,27 @@ def raw_pixel_features(images, side=32, gray=False):
     return l2_normalize_rows(np.stack(rows), "raw pixel features")
 
 
+def variants(sides=DEFAULT_SIDES):
+    """{name: (side, gray)} of every side x {RGB, gray}."""
+    return {f"raw pixels {side}x{side} {'gray' if gray else 'RGB'}": (side, gray)
+            for side in sides for gray in (False, True)}
+
+
 def raw_pixel_baselines(images, labels, sides=DEFAULT_SIDES, ks=(1, 10)):
     """[(name, metrics dict)] for every side x {RGB, gray}, best Recall@1 (then MAP@R) first."""
     results = []
-    for side in sides:
-        for gray in (False, True):
-            name = f"raw pixels {side}x{side} {'gray' if gray else 'RGB'}"
-            features = raw_pixel_features(images, side, gray)
-            results.append((name, retrieval_metrics(features, labels, ks=ks, normalize=False)))
+    for name, (side, gray) in variants(sides).items():
+        features = raw_pixel_features(images, side, gray)
+        results.append((name, retrieval_metrics(features, labels, ks=ks, normalize=False)))
     results.sort(key=lambda item: (-item[1]["recall@1"], -item[1]["map@r"]))
     return results
 
 
 def load_list_images(dataset_path, eval_list):
-    """(RGB images, int labels) of a list file inside dataset_path."""
+    """(RGB images, int labels, class ids as written in the list, listed paths) of a list file inside dataset_path."""
     listed = read_image_list(os.path.join(dataset_path, eval_list), dataset_path)
     images = [load_image(listed.full_path(i), listed.where(i)) for i in range(len(listed))]
-    return images, np.asarray(listed.labels, np.int32)
+    return images, np.asarray(listed.labels, np.int32), listed.ids, listed.paths
 
 
 def main(argv=None):
@@ -70,6 +75,8 @@ def main(argv=None):
     parser.add_argument("--sides", default=",".join(map(str, DEFAULT_SIDES)),
                         help="comma-separated image sides to try (default %(default)s)")
     add_recall_ks_argument(parser)
+    parser.add_argument("--save_features", default=None, metavar="NPZ",
+                        help="write the best variant's features, labels and paths to this .npz (as eval.py does)")
     args = parser.parse_args(argv)
     try:
         sides = tuple(int(s) for s in args.sides.split(","))
@@ -77,11 +84,14 @@ def main(argv=None):
         parser.error(f"--sides must be comma-separated integers, got {args.sides!r}")
     if not sides or min(sides) < 1:
         parser.error(f"--sides must be positive integers, got {args.sides!r}")
-    images, labels = load_list_images(args.dataset_path, args.eval_list)
+    images, labels, class_ids, paths = load_list_images(args.dataset_path, args.eval_list)
     results = raw_pixel_baselines(images, labels, sides, args.recall_ks)
     for name, metrics in results:
         print(f"{name:<24} recall@1 {metrics['recall@1']:.4f}  map@r {metrics['map@r']:.4f}")
     best_name, best = results[0]
+    if args.save_features:
+        # the same columns as eval.py --save_features (labels: the list's class ids)
+        save_features(args.save_features, raw_pixel_features(images, *variants(sides)[best_name]), class_ids, paths)
     print(f"best: {best_name}")
     print(format_metrics_table(best))
     print(f"eval_recall: {best['recall@1']:.4f}")

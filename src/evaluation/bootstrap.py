@@ -11,7 +11,8 @@ A *paired* interval resamples the same classes for both models in each replicate
 class that is hard for both does not widen the interval of the gain: identical models give a gain of exactly 0
 with a zero-width interval. Intervals are percentile intervals of `resamples` replicates from a fixed `seed`.
 
-    python -m src.evaluation.bootstrap A.npz [B.npz]   # eval.py --save_features files: intervals (and B - A)
+    python -m src.evaluation.bootstrap softmax=A.npz finetuned=B.npz   # eval.py --save_features files:
+        # each one's intervals, and finetuned's gain over softmax with its paired interval
 """
 import argparse
 import math
@@ -95,55 +96,77 @@ def per_query_scores(features, labels, gallery_features=None, gallery_labels=Non
                                  normalize=normalize)[1]
 
 
-def format_interval(name, estimate, low, high, level=DEFAULT_LEVEL, signed=False):
-    """`name  0.4877  [0.4512, 0.5230]` (95% interval), the estimate with a sign for a gain."""
-    value = f"{estimate:+.4f}" if signed else f"{estimate:.4f}"
-    bounds = f"[{low:+.4f}, {high:+.4f}]" if signed else f"[{low:.4f}, {high:.4f}]"
-    return f"{name}  {value}  {int(round(level * 100))}% interval {bounds}"
+def _cell(estimate, low, high, signed=False):
+    number = "{:+.4f}" if signed else "{:.4f}"
+    return f"{number.format(estimate)} [{number.format(low)}, {number.format(high)}]"
 
 
 def interval_lines(scores, classes, resamples=DEFAULT_RESAMPLES, level=DEFAULT_LEVEL, seed=DEFAULT_SEED):
-    """One line per metric of METRICS: its value and interval."""
-    return [format_interval(f"{name}_ci", *metric_interval(scores[name], classes, resamples, level, seed), level)
-            for name in METRICS]
-
-
-def gain_lines(before, after, classes, resamples=DEFAULT_RESAMPLES, level=DEFAULT_LEVEL, seed=DEFAULT_SEED):
-    """One line per metric of METRICS: the gain of `after` over `before` and its paired interval."""
-    return [format_interval(f"{name}_gain", *paired_gain_interval(before[name], after[name], classes, resamples,
-                                                                  level, seed), level, signed=True)
+    """One line per metric of METRICS, `recall@1_ci95  0.4877 [0.4140, 0.5596]`: its value and interval."""
+    percent = int(round(level * 100))
+    return [f"{name}_ci{percent}  {_cell(*metric_interval(scores[name], classes, resamples, level, seed))}"
             for name in METRICS]
 
 
 def _load_scores(path):
+    """(per-query scores, query labels) of an eval.py --save_features file."""
     with np.load(path, allow_pickle=False) as data:
-        if "gallery_features" in data:
-            labels = data["labels"]
-            return per_query_scores(data["features"], labels, data["gallery_features"], data["gallery_labels"]), labels
-        return per_query_scores(data["features"], data["labels"]), data["labels"]
+        gallery = (data["gallery_features"], data["gallery_labels"]) if "gallery_features" in data else ()
+        labels = data["labels"]
+        # eval.py saves unit rows; normalising again would only move the last bits of near ties
+        return per_query_scores(data["features"], labels, *gallery, normalize=False), labels
+
+
+def summary_table(rows, gains, resamples=DEFAULT_RESAMPLES, level=DEFAULT_LEVEL, seed=DEFAULT_SEED):
+    """Lines of a table: each (name, scores, classes) row's Recall@1 and MAP@R with intervals, then each
+    (after, before) pair of row names' gain with its paired interval. All rows must be of one query list."""
+    by_name = {name: scores for name, scores, _ in rows}
+    classes = rows[0][2]
+    width = max(len(name) for name, _, _ in rows)
+    gain_names = [f"{after} over {before}" for after, before in gains]
+    width = max([width] + [len(name) for name in gain_names])
+    percent = f"{int(round(level * 100))}%"
+    lines = [f"  {'':<{width}}  {'Recall@1 [' + percent + ' interval]':<26}  MAP@R [{percent} interval]"]
+    for name, scores, _ in rows:
+        cells = [_cell(*metric_interval(scores[m], classes, resamples, level, seed)) for m in METRICS]
+        lines.append(f"  {name:<{width}}  {cells[0]:<26}  {cells[1]}")
+    if gains:
+        lines.append(f"  gain, paired (the same resampled {len(np.unique(classes))} classes for both):")
+    for label, (after, before) in zip(gain_names, gains, strict=True):
+        cells = [_cell(*paired_gain_interval(by_name[before][m], by_name[after][m], classes, resamples, level, seed),
+                       signed=True) for m in METRICS]
+        lines.append(f"  {label:<{width}}  {cells[0]:<26}  {cells[1]}")
+    return lines
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m src.evaluation.bootstrap",
-        description="Recall@1 and MAP@R with 95%% intervals (bootstrap over classes) from eval.py --save_features "
-                    "files; with two files, also the second's gain over the first with a paired interval.")
-    parser.add_argument("features", nargs="+", metavar="NPZ", help="one or two eval.py --save_features files")
+        description="Recall@1 and MAP@R with 95%% intervals (bootstrap over the test classes) from eval.py "
+                    "--save_features files of one list, and the gain of one over another with a paired interval.")
+    parser.add_argument("features", nargs="+", metavar="[NAME=]NPZ",
+                        help="eval.py (or src.evaluation.baselines) --save_features files, each optionally named")
+    parser.add_argument("--gain", action="append", default=None, metavar="AFTER:BEFORE",
+                        help="a gain to show, by the two files' names (repeatable; default with two files: the "
+                             "second over the first)")
     parser.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     args = parser.parse_args(argv)
-    if len(args.features) > 2:
-        parser.error(f"one or two feature files, got {len(args.features)}")
-    loaded = [_load_scores(path) for path in args.features]
-    classes = loaded[0][1]
-    if len(loaded) == 2 and not np.array_equal(loaded[1][1], classes):
-        raise ValueError(f"{args.features[0]} and {args.features[1]} hold different query lists")
-    for path, (scores, _) in zip(args.features, loaded, strict=True):
-        print(f"# {path}")
-        print("\n".join(interval_lines(scores, classes, args.resamples, seed=args.seed)))
-    if len(loaded) == 2:
-        print(f"# {args.features[1]} - {args.features[0]} (paired)")
-        print("\n".join(gain_lines(loaded[0][0], loaded[1][0], classes, args.resamples, seed=args.seed)))
+    named = [spec.split("=", 1) if "=" in spec else (spec, spec) for spec in args.features]
+    rows = []
+    for name, path in named:
+        scores, labels = _load_scores(path)
+        if rows and not np.array_equal(labels, rows[0][2]):
+            raise ValueError(f"{path} holds another query list than {named[0][1]} (labels differ)")
+        rows.append((name, scores, labels))
+    gains = [tuple(spec.split(":", 1)) for spec in args.gain or []]
+    if args.gain is None and len(rows) == 2:
+        gains = [(rows[1][0], rows[0][0])]
+    names = {name for name, _, _ in rows}
+    for pair in gains:
+        if len(pair) != 2 or not set(pair) <= names:
+            parser.error(f"--gain {':'.join(pair)}: expected AFTER:BEFORE, two of the names {', '.join(sorted(names))}")
+    print("\n".join(summary_table(rows, gains, args.resamples, seed=args.seed)))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from src.evaluation.baselines import main, raw_pixel_baselines, raw_pixel_features
+from src.evaluation.baselines import load_list_images, main, raw_pixel_baselines, raw_pixel_features
 
 
 def random_images(n, seed=0, side=20):
@@ -83,6 +83,15 @@ def test_command_prints_the_best_variant_last(tmp_path, capsys):
     assert [line for line in out if line.startswith("best: raw pixels ")]
     assert [line.split() for line in out if line.startswith("map@r")] == [["map@r", "1.0000"]]
     assert len([line for line in out if line.startswith("raw pixels")]) == 4
+    best = [line for line in out if line.startswith("best: ")][0][len("best: "):]
+    main(["--dataset_path", str(tmp_path), "--eval_list", "test.txt", "--sides", "4,8", "--recall_ks", "1",
+          "--save_features", str(tmp_path / "raw.npz")])
+    saved = np.load(tmp_path / "raw.npz")
+    side, gray = int(best.split()[2].split("x")[0]), best.endswith("gray")
+    loaded = load_list_images(str(tmp_path), "test.txt")[0]
+    np.testing.assert_array_equal(saved["features"], raw_pixel_features(loaded, side, gray))
+    assert saved["labels"].tolist() == [i % 4 for i in range(8)] and saved["paths"][0] == "0.png"
+    os.remove(tmp_path / "raw.npz")
     with pytest.raises(SystemExit):
         main(["--dataset_path", str(tmp_path), "--eval_list", "test.txt", "--sides", "0"])
     assert os.listdir(tmp_path)  # nothing written besides what the test made

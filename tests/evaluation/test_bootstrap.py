@@ -1,5 +1,7 @@
 """The bootstrap over classes: its replicates against a direct loop, the paired gain's edge cases, per-query scores
 that average to the metrics."""
+import re
+
 import numpy as np
 import pytest
 
@@ -10,7 +12,7 @@ from src.evaluation.bootstrap import (
     paired_gain_interval,
     per_query_scores,
 )
-from src.evaluation.metrics import query_gallery_metrics, retrieval_metrics
+from src.evaluation.metrics import l2_normalize_rows, query_gallery_metrics, retrieval_metrics
 
 
 def clustered(seed, classes=12, per_class=4, dim=8, noise=0.8):
@@ -90,15 +92,27 @@ def test_bad_inputs_are_refused():
         metric_interval([1.0, 0.0], [1, 2], level=95)
 
 
-def test_the_command_prints_intervals_and_the_paired_gain(tmp_path, capsys):
+def test_the_command_prints_a_table_with_intervals_and_paired_gains(tmp_path, capsys):
     features, labels = clustered(6)
-    better = features + 0.0  # the same model: zero gain
-    paths = []
-    for name, feats in (("a", features), ("b", better)):
-        path = tmp_path / f"{name}.npz"
-        np.savez(path, features=feats, labels=labels, paths=np.array([f"{i}.jpg" for i in range(len(labels))]))
-        paths.append(str(path))
-    main(paths + ["--resamples", "200"])
-    out = capsys.readouterr().out
-    assert out.count("recall@1_ci") == 2 and out.count("map@r_ci") == 2
-    assert "recall@1_gain  +0.0000  95% interval [+0.0000, +0.0000]" in out
+    worse = features + np.random.default_rng(7).normal(scale=1.5, size=features.shape)
+    paths = {}
+    for name, feats in (("a", features), ("b", features.copy()), ("w", worse)):
+        paths[name] = str(tmp_path / f"{name}.npz")
+        np.savez(paths[name], features=l2_normalize_rows(feats), labels=labels,
+                 paths=np.array([f"{i}.jpg" for i in range(len(labels))]))
+    main([f"first={paths['a']}", f"same={paths['b']}", f"worse={paths['w']}", "--gain", "same:first",
+          "--gain", "worse:first", "--resamples", "200"])
+    out = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line for line in out[1:4]}
+    recall, low, high = map(float, re.match(r"\s*first\s+([0-9.]+) \[([0-9.]+), ([0-9.]+)\]", rows["first"]).groups())
+    assert recall == pytest.approx(retrieval_metrics(features, labels, ks=(1,))["recall@1"], abs=1e-4)
+    assert low <= recall <= high and rows["same"].split()[1:] == rows["first"].split()[1:]
+    assert "same over first   +0.0000 [+0.0000, +0.0000]  +0.0000 [+0.0000, +0.0000]" in out[-2]
+    gain = float(out[-1].split()[3])
+    worse_recall = retrieval_metrics(worse, labels, ks=(1,))["recall@1"]
+    assert gain == pytest.approx(worse_recall - recall, abs=1e-4) and gain < 0
+    main([paths["a"], paths["b"], "--resamples", "50"])  # two files: the second's gain over the first
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith(f"  {paths['b']} over {paths['a']}") and last.count("+0.0000") == 6
+    with pytest.raises(SystemExit):
+        main([paths["a"], paths["b"], "--gain", "b:nothing"])
