@@ -92,6 +92,7 @@ class RetrievalIndex:
             if found:
                 stored = self.manifest["ann"]
                 searcher = IvfSearch.load(found, stored.get(f"recall_at_{RECALL_K}"), threads)
+                searcher.index.nprobe = int(stored["nprobe"])
             else:
                 logger.info("%s holds no approximate index (built with --ann exact, or below the auto size): "
                             "building one now", self.folder)
@@ -125,7 +126,7 @@ def hash_files(paths, num_workers=4, what="hashing images"):
 # What to index
 
 def folder_images(image_dir):
-    """An ImageList (labels unknown) of every image under `image_dir`, walked recursively in sorted order: the files
+    """An ImageList (labels unknown) of every image under `image_dir`, walked recursively, sorted by path: the files
     whose suffix is one of IMAGE_SUFFIXES, hidden files and folders skipped. ValueError if there are none."""
     if not os.path.isdir(image_dir):
         raise NotADirectoryError(f"--image_dir {image_dir} is not a folder")
@@ -135,6 +136,7 @@ def folder_images(image_dir):
         for name in sorted(files):
             if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
                 found.append(os.path.relpath(os.path.join(folder, name), image_dir).replace(os.sep, "/"))
+    found.sort()
     if not found:
         raise ValueError(f"--image_dir {image_dir} holds no images (looked for {' '.join(IMAGE_SUFFIXES)}, in every "
                          f"subfolder)")

@@ -222,7 +222,7 @@ class IvfSearch:
         except RuntimeError as err:
             raise ValueError(f"{path} is not a readable faiss index ({str(err).strip().splitlines()[-1]}): an "
                              f"interrupted or damaged index; rebuild it") from None
-        return cls(faiss.downcast_index(index), recall, num_threads)
+        return cls(index, recall, num_threads)  # read_index gives the IndexIVFFlat itself
 
 
 def _without_self(ids, query_ids):
