@@ -4,6 +4,7 @@ The pieces live in src/retrieval/."""
 import src.runtime.env  # noqa: F401  (first: CPU dispatch and BLAS kernel, before numpy and mindspore load)
 
 # isort: split
+import argparse
 import csv
 import io
 import json
@@ -35,15 +36,25 @@ def add_search_arguments(parser):
     parser.set_defaults(backend=None)
 
 
+def add_command(commands, name, summary, description, ann_help, searches=True):
+    """A subcommand's parser: its --ann, and (searches) the index it searches with add_search_arguments."""
+    parser = commands.add_parser(name, help=summary, description=description, allow_abbrev=False,
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_ann_argument(parser, ann_help)
+    if searches:
+        add_search_arguments(parser)
+    return parser
+
+
 def parse_args(argv=None):
     parser = make_parser("Search images with a trained backbone: index a folder or list, search it by image, find "
                          "matching pairs and groups.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{index,search,match}")
-    sub = dict(formatter_class=parser.formatter_class, allow_abbrev=False)
-
-    index = commands.add_parser("index", help="extract the features of a folder's or a list's images into an index",
-                                description="Build (or, with --add, extend) an index folder. Any config key can be "
-                                            "overridden with --<key> <value> (see src/configs/*.yaml).", **sub)
+    index = add_command(commands, "index", "extract the features of a folder's or a list's images into an index",
+                        "Build (or, with --add, extend) an index folder. Any config key can be overridden with "
+                        "--<key> <value> (see src/configs/*.yaml).",
+                        "also store an approximate (faiss IVF) index: auto from the size where it pays "
+                        "(src/retrieval/search.py), faiss always, exact never", searches=False)
     add_common_arguments(index)
     index.add_argument("--ckpt_path", required=True, help="checkpoint of any stage (its backbone is used)")
     source = index.add_mutually_exclusive_group(required=True)
@@ -59,24 +70,20 @@ def parse_args(argv=None):
                        help="stage whose config supplies image_size / eval settings")
     add_engine_arguments(index, "what extracts the features on CPU: mindspore, or onnxruntime / openvino on its "
                                 "ONNX export (as eval.py --backend)")
-    add_ann_argument(index, "also store an approximate (faiss IVF) index: auto from the size where it pays "
-                            "(src/retrieval/search.py), faiss always, exact never")
 
-    search = commands.add_parser("search", help="the nearest indexed images of query images",
-                                 description="Each query image's top-k indexed images by cosine similarity, the "
-                                             "query preprocessed as the index's images were.", **sub)
-    add_search_arguments(search)
+    search = add_command(commands, "search", "the nearest indexed images of query images",
+                         "Each query image's top-k indexed images by cosine similarity, the query preprocessed as "
+                         "the index's images were.",
+                         "exact search, the index's stored approximate one (faiss), or auto: the stored one if there "
+                         "is one")
     search.add_argument("images", nargs="+", metavar="IMAGE", help="query image files")
     search.add_argument("--top_k", type=int, default=10, help="results per query")
     search.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     search.add_argument("--picture", default=None, metavar="PNG", help="draw the queries and their results")
-    add_ann_argument(search, "exact search, the index's stored approximate one (faiss), or auto: the stored one "
-                             "if there is one")
 
-    match = commands.add_parser("match", help="pairs and groups of indexed images at least a threshold similar",
-                                description="Pairs of indexed images whose cosine similarity is at least a "
-                                            "threshold, and their groups (connected components).", **sub)
-    add_search_arguments(match)
+    match = add_command(commands, "match", "pairs and groups of indexed images at least a threshold similar",
+                        "Pairs of indexed images whose cosine similarity is at least a threshold, and their groups "
+                        "(connected components).", "as for search")
     threshold = match.add_mutually_exclusive_group(required=True)
     threshold.add_argument("--threshold", type=float, default=None, help="cosine similarity in [-1, 1]")
     threshold.add_argument("--calibrate_list", default=None,
@@ -88,7 +95,6 @@ def parse_args(argv=None):
     match.add_argument("--max_neighbours", type=int, default=100, help="pairs are looked for among each image's "
                                                                       "nearest this many")
     match.add_argument("--csv", default=None, metavar="FILE", help="write the pairs with their group as CSV")
-    add_ann_argument(match, "as for search")
     args = parse_with_overrides(parser, argv)
     if args.command != "index" and args.overrides:
         parser.error(f"unrecognized arguments for {args.command}: {' '.join(args.overrides)}")
@@ -96,6 +102,7 @@ def parse_args(argv=None):
 
 
 def build(args):
+    from src.data.decoding import drop_bad_images
     from src.evaluation.features import read_eval_list
     from src.kernels import build as cpu_kernels
     from src.models.checkpoint import resolve_padding
@@ -117,6 +124,8 @@ def build(args):
         images = read_eval_list(args.dataset_path, args.list, cfg)
     else:
         images = folder_images(args.image_dir)
+        if cfg.skip_bad:
+            images = drop_bad_images(images, cfg.num_parallel_workers)
     padding = resolve_padding(cfg[CONVENTION_KEY], [args.ckpt_path])
     kernels = cpu_kernels.resolve(cfg.cpu_kernels, args.device_target, threads) if args.backend == "mindspore" \
         else cpu_kernels.MINDSPORE
