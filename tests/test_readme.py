@@ -133,12 +133,15 @@ def test_checker_catches_wrong_commands(monkeypatch):
     block = ("bash scripts/no_such_script.sh X   # comment --not_a_flag\n"
              "python eval.py --dataset_path d --ckpt_path c \\\n    --no_such_option 1 --image_size=64\n"
              "python train.py --loss_name triplet --epoch_size 2 && python postprocess.py --image_size 64\n"
-             "BACKEND=openvino bash scripts/run_infer_cpu.sh M D\n")
+             "BACKEND=openvino bash scripts/run_infer_cpu.sh M D\n"
+             "python retrieve.py search --index_dir i q.jpg --top_k 3 --image_dir d\n")
     commands = block_commands(block)
     assert [c[:2] for c in commands] == [["bash", "scripts/no_such_script.sh"], ["python", "eval.py"],
                                          ["python", "train.py"], ["python", "postprocess.py"],
-                                         ["bash", "scripts/run_infer_cpu.sh"]]
+                                         ["bash", "scripts/run_infer_cpu.sh"], ["python", "retrieve.py"]]
     problems = [p for c in commands for p in command_problems(c, monkeypatch, config_keys())]
     assert problems == ["scripts/no_such_script.sh does not exist",
                         "python eval.py: --no_such_option is neither an option nor a config key",
-                        "python postprocess.py: --image_size is not an option"]  # no config keys there
+                        "python postprocess.py: --image_size is not an option",  # no config keys there
+                        # a subcommand's own options: --image_dir is index's, not search's
+                        "python retrieve.py: --image_dir is neither an option nor a config key"]
