@@ -8,10 +8,11 @@ Galleries: category -> product -> photo, as in a shop's catalogue (SOP: 12 categ
 each): categories of 1024 rows (random centres), products of 8 photos within them (centre + 0.6 noise per
 coordinate), photos (product + 0.4 noise): cosine ~0.89 within a product, ~0.66 to other products of its category,
 ~0 across categories. (Without the categories, products alone around random centres, the IVF index needs a
-quarter to half of its cells for Recall@10 0.98 and gains little: see the results file.) Generated in chunks, float32, straight into faiss's flat index, whose storage our exact search reads as a numpy
-view (one copy of the gallery in memory; the IVF index holds a second). Queries: gallery rows with noise (cosine
-~0.9 to their row), as new photos of indexed products. One process, the sizes in increasing order; the peak RSS
-column is the process's peak so far.
+quarter to half of its cells for Recall@10 0.98 and gains little: see the results file.) Generated in chunks,
+float32, straight into faiss's flat index, whose storage our exact search reads as a numpy view (one copy of the
+gallery in memory; the IVF index holds a second). Queries: gallery rows with noise (cosine ~0.9 to their row), as
+new photos of indexed products. One process, the sizes in increasing order; the peak RSS column is the process's
+peak so far.
   exact   src.retrieval.search.ExactSearch (blocked numpy matmul + compiled running top-k), 2 threads
   flat    faiss IndexFlatIP.search, 2 OpenMP threads
   ivf     src.retrieval.search.IvfSearch.build (nprobe tuned to Recall@10 >= 0.98 on 1000 of the gallery's rows),
@@ -118,7 +119,6 @@ def measure(count, dim, threads=2, budget_s=12.0):
                   flat_agrees=bool(same), gallery_gb=count * dim * 4 / 2**30,
                   ivf_gb=(ivf.index.ntotal * (dim * 4 + 8) + ivf.nlist * dim * 4) / 2**30, peak_rss_gb=peak_rss_gb())
     log("retrieval", f"{count} x {dim}: ivf p50 {stats_ms(result['ivf'][0])[0]:.2f} ms, recall {result['recall']:.4f}")
-    del ivf, exact, gallery, flat
     return result
 
 
