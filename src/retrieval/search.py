@@ -13,7 +13,7 @@ queries are L2-normalised there (src.evaluation.metrics.normalize_rows), the gal
     measured recall is kept with it.
 
 `--ann auto` takes the approximate index from AUTO_ANN_ELEMENTS gallery values (rows x dimension) on, where exact
-search of one query takes ~50 ms on 2 cores (bench/bench_retrieval.py; bench/results/retrieval_results.md).
+search of one query takes ~60 ms on 2 cores (bench/bench_retrieval.py; bench/results/retrieval_results.md).
 """
 import math
 import os
@@ -27,7 +27,8 @@ from src.runtime.log import get_logger
 logger = get_logger()
 
 ANN_CHOICES = ("auto", "exact", "faiss")
-# 1e5 x 2048 (or 4e5 x 512) float32 values: 0.8 GB, one exact query ~60 ms on 2 cores, the faiss index ~20x faster.
+# 1e5 x 2048 (or 4e5 x 512) float32 values, 0.8 GB: one exact query 62 ms on 2 cores, the IVF index's 1 ms at
+# Recall@10 0.99 (bench/results/retrieval_results.md); below it exact search is quick enough and needs no build.
 AUTO_ANN_ELEMENTS = 200_000_000
 TARGET_RECALL = 0.98
 RECALL_K = 10
