@@ -183,7 +183,6 @@ def softmax_epoch_analysis(data, ckpts, class_num, image_size):
     import mindspore as ms
 
     from src.data.dataset import create_dataset
-    from src.evaluation.features import l2_normalize_rows
     from src.evaluation.metrics import retrieval_metrics
     from src.models.resnet import resnet50
 
@@ -203,7 +202,7 @@ def softmax_epoch_analysis(data, ckpts, class_num, image_size):
             labels.append(label.asnumpy())
         labels = np.concatenate(labels)
         accuracy = float(np.mean(np.concatenate(logits).argmax(1) == labels))
-        train_recall = retrieval_metrics(l2_normalize_rows(np.concatenate(feats)), labels, ks=(1,))["recall@1"]
+        train_recall = retrieval_metrics(np.concatenate(feats), labels, ks=(1,))["recall@1"]
         rows[epoch] = {"train_accuracy": accuracy, "train_recall@1": train_recall}
         log(f"softmax epoch {epoch}: training accuracy {accuracy:.4f}, training-image Recall@1 {train_recall:.4f}")
     return rows

@@ -12,7 +12,8 @@ import pytest
 from tests.paths import ROOT
 
 SRC = os.path.join(ROOT, "src")
-PACKAGES = ("runtime", "kernels", "data", "models", "losses", "training", "evaluation", "deploy")
+PACKAGES = ("runtime", "kernels", "data", "models", "losses", "training", "evaluation", "deploy",
+            "retrieval")
 # Thin modules kept at the top so that `python -m src.<name>` goes on working for users' scripts.
 FORWARDERS = {"convert_weights": "models", "baselines": "evaluation", "history": "training",
               "benchmark_lists": "data"}
@@ -171,7 +172,7 @@ def test_no_module_names_its_own_logger():
 # What a loss name means is decided in src/losses/registry.py alone
 
 REGISTRY = os.path.join("losses", "registry.py")
-ENTRY_SCRIPTS = ("train.py", "eval.py", "export.py", "preprocess.py", "postprocess.py")
+ENTRY_SCRIPTS = ("train.py", "eval.py", "export.py", "preprocess.py", "postprocess.py", "retrieve.py")
 
 
 def loss_name_branches(source, names):

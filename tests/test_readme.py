@@ -14,7 +14,7 @@ from tests.paths import ROOT
 READMES = ("README.md", "README_CN.md")
 SETUP_COMMANDS = ["bash scripts/run_demo.sh", "bash scripts/run_tests.sh"]
 # Entry scripts whose leftover --key value arguments are config overrides (src.runtime.cli.overrides_from_extra).
-CONFIG_SCRIPTS = ("train.py", "eval.py", "export.py", "preprocess.py")
+CONFIG_SCRIPTS = ("train.py", "eval.py", "export.py", "preprocess.py", "retrieve.py")
 _FENCE = re.compile(r"^```bash[ \t]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
@@ -62,8 +62,9 @@ class _Captured(Exception):
         self.parser = parser
 
 
-def script_options(module_name, monkeypatch):
-    """Option strings of the parser an entry point builds (caught before it parses anything)."""
+def script_options(module_name, monkeypatch, rest=()):
+    """Option strings of the parser an entry point builds (caught before it parses anything); of its subcommand's
+    parser when the command's first word `rest[0]` names one (retrieve.py index ...)."""
     def capture(self, args=None, namespace=None):
         raise _Captured(self)
 
@@ -73,7 +74,11 @@ def script_options(module_name, monkeypatch):
         try:
             (module.parse_args if hasattr(module, "parse_args") else module.main)([])
         except _Captured as captured:
-            return set(captured.parser._option_string_actions)
+            parser = captured.parser
+            for action in parser._subparsers._group_actions if parser._subparsers else ():
+                if rest and rest[0] in action.choices:
+                    parser = action.choices[rest[0]]
+            return set(parser._option_string_actions)
     raise AssertionError(f"{module_name} built no argument parser")
 
 
@@ -98,7 +103,7 @@ def command_problems(command, monkeypatch, keys):
         module, rest = os.path.splitext(command[1])[0].replace("/", "."), command[2:]
     if not os.path.isfile(path):
         return [f"{os.path.relpath(path, ROOT)} does not exist"]
-    options = script_options(module, monkeypatch)
+    options = script_options(module, monkeypatch, rest)
     takes_keys = os.path.basename(path) in CONFIG_SCRIPTS
     what = "neither an option nor a config key" if takes_keys else "not an option"
     return [f"{' '.join(command[:2])}: --{flag} is {what}"
@@ -128,12 +133,15 @@ def test_checker_catches_wrong_commands(monkeypatch):
     block = ("bash scripts/no_such_script.sh X   # comment --not_a_flag\n"
              "python eval.py --dataset_path d --ckpt_path c \\\n    --no_such_option 1 --image_size=64\n"
              "python train.py --loss_name triplet --epoch_size 2 && python postprocess.py --image_size 64\n"
-             "BACKEND=openvino bash scripts/run_infer_cpu.sh M D\n")
+             "BACKEND=openvino bash scripts/run_infer_cpu.sh M D\n"
+             "python retrieve.py search --index_dir i q.jpg --top_k 3 --image_dir d\n")
     commands = block_commands(block)
     assert [c[:2] for c in commands] == [["bash", "scripts/no_such_script.sh"], ["python", "eval.py"],
                                          ["python", "train.py"], ["python", "postprocess.py"],
-                                         ["bash", "scripts/run_infer_cpu.sh"]]
+                                         ["bash", "scripts/run_infer_cpu.sh"], ["python", "retrieve.py"]]
     problems = [p for c in commands for p in command_problems(c, monkeypatch, config_keys())]
     assert problems == ["scripts/no_such_script.sh does not exist",
                         "python eval.py: --no_such_option is neither an option nor a config key",
-                        "python postprocess.py: --image_size is not an option"]  # no config keys there
+                        "python postprocess.py: --image_size is not an option",  # no config keys there
+                        # a subcommand's own options: --image_dir is index's, not search's
+                        "python retrieve.py: --image_dir is neither an option nor a config key"]

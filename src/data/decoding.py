@@ -11,6 +11,12 @@ logger = get_logger()
 _BAD_PATHS_SHOWN = 5
 
 
+# File types OpenCV's imread decodes in every build (a folder walk, retrieve.py index --image_dir, looks for these).
+IMAGE_SUFFIXES = (".bmp", ".dib", ".jpeg", ".jpg", ".jpe", ".jp2", ".png", ".webp", ".pbm", ".pgm", ".ppm", ".pxm",
+                  ".pnm", ".sr", ".ras", ".tiff", ".tif")
+_DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+
+
 def load_image(path, where=None):
     """Decode an image file into an HxWx3 uint8 RGB array.
 
@@ -18,12 +24,23 @@ def load_image(path, where=None):
     8 bits; EXIF orientation is applied. A missing or undecodable file raises FileNotFoundError /
     ValueError naming the path and `where` (the list's file:line).
     """
-    listed = f" (listed at {where})" if where else ""
     if not os.path.isfile(path):
         raise image_not_found(path, where)
     # ANYDEPTH keeps 16 bits, ANYCOLOR keeps grayscale as one channel; unlike IMREAD_UNCHANGED
     # both still apply the EXIF orientation.
-    image = cv2.imread(path, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    return _to_rgb(cv2.imread(path, _DECODE_FLAGS), path, where)
+
+
+def decode_image(data, name="image"):
+    """load_image for the bytes of an image file (an upload): the same decoding and conversion; ValueError naming
+    `name` if they do not decode."""
+    buffer = np.frombuffer(bytes(data), np.uint8)
+    return _to_rgb(cv2.imdecode(buffer, _DECODE_FLAGS) if buffer.size else None, name)
+
+
+def _to_rgb(image, path, where=None):
+    """An image as OpenCV decoded it (None: it did not) -> HxWx3 uint8 RGB."""
+    listed = f" (listed at {where})" if where else ""
     if image is None or image.size == 0:
         raise ValueError(f"cannot decode image: {path}{listed}")
     if image.dtype == np.uint16:

@@ -19,6 +19,7 @@ from src.runtime.atomic_file import write_atomic
 SAME_CLASS = (0, 170, 0)
 OTHER_CLASS = (220, 0, 0)
 QUERY = (150, 150, 150)
+UNKNOWN_CLASS = (70, 110, 200)  # a neighbour of a query whose class is not known
 BACKGROUND = (255, 255, 255)
 TEXT = (0, 0, 0)
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -150,26 +151,39 @@ def draw_retrievals(features, labels, images, root=None, num_queries=6, top_k=5,
                          f"{len(labels)} and {len(images)}")
     queries = choose_queries(len(labels), num_queries, seed)
     neighbours, distances = nearest_neighbours(features, queries, top_k, normalize)
-    layout = GridLayout(rows=len(queries), top_k=neighbours.shape[1], tile=int(tile))
-    canvas = np.full((layout.height, layout.width, 3), BACKGROUND, np.uint8)
-    _put_caption(canvas, layout, f"query | top-{layout.top_k}, squared L2 distance; green: same class, red: other")
 
     def read(index):
-        item = images[index]
-        if isinstance(item, (str, os.PathLike)):
-            from src.data.decoding import load_image  # imports MindSpore's dataset module; only needed for paths
+        return read_image(images[index], root)
 
-            return load_image(os.path.join(root, item) if root else item)
-        return item
+    rows = [(read(query), [(read(index), f"{distance:.2f}", SAME_CLASS if labels[index] == labels[query]
+                            else OTHER_CLASS) for index, distance in zip(neighbours[row], distances[row], strict=True)])
+            for row, query in enumerate(queries)]
+    return draw_rows(rows, "query | top-{k}, squared L2 distance; green: same class, red: other", tile)
 
-    for row, query in enumerate(queries):
-        query_tile = _fit_tile(read(query), layout.tile)
+
+def read_image(item, root=None):
+    """An item of a picture: an HxWx3 uint8 RGB array as it is, or an image path (relative to `root`) decoded."""
+    if isinstance(item, (str, os.PathLike)):
+        from src.data.decoding import load_image  # imports MindSpore's dataset module; only needed for paths
+
+        return load_image(os.path.join(root, item) if root else item)
+    return item
+
+
+def draw_rows(rows, caption, tile=64):
+    """A picture of rows `(query image, [(neighbour image, text, frame colour), ...])` under `caption` (its "{k}"
+    becomes the number of neighbours a row holds at most): the query framed grey, each neighbour framed in its
+    colour with its text written on it."""
+    layout = GridLayout(rows=len(rows), top_k=max((len(hits) for _, hits in rows), default=0), tile=int(tile))
+    canvas = np.full((layout.height, layout.width, 3), BACKGROUND, np.uint8)
+    _put_caption(canvas, layout, caption.format(k=layout.top_k))
+    for row, (query, hits) in enumerate(rows):
+        query_tile = _fit_tile(query, layout.tile)
         _label_tile(query_tile, "query")
         _put_cell(canvas, layout, row, 0, query_tile, QUERY)
-        for column, (index, distance) in enumerate(zip(neighbours[row], distances[row], strict=True), start=1):
-            neighbour_tile = _fit_tile(read(index), layout.tile)
-            _label_tile(neighbour_tile, f"{distance:.2f}")
-            colour = SAME_CLASS if labels[index] == labels[query] else OTHER_CLASS
+        for column, (image, text, colour) in enumerate(hits, start=1):
+            neighbour_tile = _fit_tile(image, layout.tile)
+            _label_tile(neighbour_tile, text)
             _put_cell(canvas, layout, row, column, neighbour_tile, colour)
     return canvas
 
