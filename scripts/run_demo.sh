@@ -4,10 +4,13 @@
 #   baselines without learning (raw pixels, untrained backbone, BatchNorm statistics alone)
 #   -> softmax pre-training -> quadruplet fine-tuning -> evaluation (+ retrieval picture)
 #   -> export (MindIR) -> the CPU inference chain (scripts/run_infer_cpu.sh),
-# printing Recall@1 and MAP@R on the test products (disjoint from the training ones) after each stage.
+# printing Recall@1 and MAP@R on the test products (disjoint from the training ones) with 95% intervals (a
+# bootstrap over the test products) after each stage, and each stage's gain over the stage it started from with a
+# paired interval.
 # Re-running reuses .venv, the data and any stage whose final checkpoint exists (delete a stage's
 # folder to redo it).
-# Usage: bash scripts/run_demo.sh [OUTPUT_DIR (default ./demo_output)]
+# Usage: [DEMO_SEED=1] bash scripts/run_demo.sh [OUTPUT_DIR (default ./demo_output)]
+#   DEMO_SEED draws the data set (which regions are test products, the views) and seeds every training run.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 OUT="$(mkdir -p "${1:-demo_output}" && cd "${1:-demo_output}" && pwd)"
@@ -29,15 +32,30 @@ export PYTHONPATH="$REPO" GLOG_v="${GLOG_v:-2}"
 DATA="$OUT/data"
 GRID=4 TEST_REGIONS=3 VIEWS=10 SIZE=32
 VIEWPOINT=(--rotation 180 --flip)
-SOFTMAX_EPOCHS=8 FINETUNE_EPOCHS=3 FINETUNE_LR=0.03
+SOFTMAX_EPOCHS=8 FINETUNE_EPOCHS=6 FINETUNE_LR=0.03
+SEED=${DEMO_SEED:-1}
+[[ "$SEED" =~ ^[0-9]+$ ]] || { echo "error: DEMO_SEED must be a non-negative integer, got '$SEED'" >&2; exit 2; }
+# A folder holds the run of one seed: its data and stages are reused only by the same seed.
+if [ -f "$OUT/demo_seed" ] && [ "$(cat "$OUT/demo_seed")" != "$SEED" ]; then
+  echo "error: $OUT holds the demo run of DEMO_SEED=$(cat "$OUT/demo_seed"), not $SEED: choose another OUTPUT_DIR" >&2
+  exit 2
+fi
+echo "$SEED" > "$OUT/demo_seed"
 COMMON=(--image_size "$SIZE" --eval_batch_size 64)
 # Training augmentation: mirrored views exist, so flips are fair; crops keep at least a quarter of a view.
 AUGMENT=(--hflip true --crop_scale_min 0.25)
-EVAL=(--dataset_path "$DATA" --eval_list test.txt --recall_ks 1,10 "${COMMON[@]}")
+# The seed of every training run and of the random initialisation (config key seed).
+EVAL=(--dataset_path "$DATA" --eval_list test.txt --recall_ks 1,10 --seed "$SEED" "${COMMON[@]}")
 START=$SECONDS
 step() { local t=$((SECONDS - START)); printf '\n=== [%02d:%02d] %s\n' $((t / 60)) $((t % 60)) "$*"; }
 recall() { sed -n 's/^eval_recall: //p' "$1"; }
 map_r() { sed -n 's/^map@r  *//p' "$1"; }
+# evaluate NAME eval.py-options...: eval.py on the test products, its output in OUT/eval_NAME.txt and its features
+# in OUT/eval_NAME.npz (the summary's intervals are computed from them)
+evaluate() {
+  local name="$1"; shift
+  "$PY" "$REPO/eval.py" "$@" "${EVAL[@]}" --save_features "$OUT/eval_$name.npz" | tee "$OUT/eval_$name.txt"
+}
 
 if [ -f "$DATA/test.txt" ]; then
   step "reusing the demo dataset in $DATA"
@@ -45,7 +63,7 @@ else
   step "building the demo dataset in $DATA from scikit-image's photos"
   rm -rf "$DATA.partial"
   "$PY" -m src.data.demo_photos --output_path "$DATA.partial" --grid "$GRID" --test_regions "$TEST_REGIONS" \
-    --views "$VIEWS" --size "$SIZE" "${VIEWPOINT[@]}"
+    --views "$VIEWS" --size "$SIZE" --seed "$SEED" "${VIEWPOINT[@]}"
   # Prefix lists as long as their sources (SOP's half/tiny sizes exceed this set).
   TRAIN_N=$(($(wc -l < "$DATA.partial/Ebay_train.txt") - 1)) TEST_N=$(($(wc -l < "$DATA.partial/Ebay_test.txt") - 1))
   "$PY" -m src.data.sop_lists "$DATA.partial" --train-half "$TRAIN_N" --train-tiny "$TRAIN_N" \
@@ -55,10 +73,11 @@ fi
 CLASSES=$(awk '{print $2}' "$DATA/train.txt" | sort -u | wc -l)
 
 step "baseline without learning: raw-pixel nearest neighbours (best of 8/16/32 px, RGB and gray)"
-"$PY" -m src.evaluation.baselines --dataset_path "$DATA" --eval_list test.txt --recall_ks 1,10 | tee "$OUT/eval_raw_pixels.txt"
+"$PY" -m src.evaluation.baselines --dataset_path "$DATA" --eval_list test.txt --recall_ks 1,10 \
+  --save_features "$OUT/eval_raw_pixels.npz" | tee "$OUT/eval_raw_pixels.txt"
 
 step "untrained backbone (random initialisation)"
-"$PY" "$REPO/eval.py" --random_init "${EVAL[@]}" | tee "$OUT/eval_untrained.txt"
+evaluate untrained --random_init
 
 final_ckpt() {  # final_ckpt FOLDER LOSS EPOCHS: the final checkpoint of a stage's run in OUT/FOLDER, or nothing
   local f
@@ -79,7 +98,7 @@ train_stage() {
   fi
   step "$title"
   "$PY" "$REPO/train.py" --loss_name "$loss" --dataset_path "$DATA" --output_dir "$OUT/$folder" \
-    --epoch_size "$epochs" --log_interval 10 "$@" "${COMMON[@]}"
+    --epoch_size "$epochs" --log_interval 10 --seed "$SEED" "$@" "${COMMON[@]}"
   STAGE_CKPT=$(final_ckpt "$folder" "$loss" "$epochs")
   if [ -z "$STAGE_CKPT" ]; then
     echo "error: the $loss stage wrote no final checkpoint under $OUT/$folder/ckpt" >&2
@@ -91,7 +110,7 @@ train_stage() {
 # the random initialisation's; only BatchNorm's statistics move to the data's (momentum 0.9, 38 steps).
 train_stage bn_only softmax 1 "baseline without learning: BatchNorm statistics only (softmax batches at lr 0, 1 epoch)" \
   --class_num "$CLASSES" --batch_size 64 --lr_init 0 --lr_max 0 --lr_end 0 "${AUGMENT[@]}"
-"$PY" "$REPO/eval.py" --ckpt_path "$STAGE_CKPT" "${EVAL[@]}" | tee "$OUT/eval_bn_only.txt"
+evaluate bn_only --ckpt_path "$STAGE_CKPT"
 
 train_stage softmax softmax "$SOFTMAX_EPOCHS" "stage 1: softmax pre-training on $CLASSES training products" \
   --class_num "$CLASSES" --batch_size 64 --lr_init 0.02 --lr_max 0.2 --warmup_epochs 2 --lr_decay_mode cosine \
@@ -99,7 +118,7 @@ train_stage softmax softmax "$SOFTMAX_EPOCHS" "stage 1: softmax pre-training on 
 SOFTMAX_CKPT=$STAGE_CKPT
 "$PY" -m src.training.history "$OUT/softmax/history.csv" --title "demo: softmax pre-training"
 step "evaluation after softmax pre-training"
-"$PY" "$REPO/eval.py" --ckpt_path "$SOFTMAX_CKPT" "${EVAL[@]}" | tee "$OUT/eval_softmax.txt"
+evaluate softmax --ckpt_path "$SOFTMAX_CKPT"
 
 # Quadruplet (the seed's margin sample mining) on P x K batches of 12 products x 5 of their views, with the hinge
 # for every anchor instead of once per batch, the rate decayed to 0 along a cosine (README "Fine-tuning that
@@ -109,8 +128,7 @@ train_stage quadruplet quadruplet "$FINETUNE_EPOCHS" "stage 2: quadruplet fine-t
   --lr_end 0 --lr_decay_mode cosine "${AUGMENT[@]}"
 FINETUNE_CKPT=$STAGE_CKPT
 step "evaluation after quadruplet fine-tuning, with the retrieval picture"
-"$PY" "$REPO/eval.py" --ckpt_path "$FINETUNE_CKPT" "${EVAL[@]}" --save_retrievals "$OUT/retrievals.png" \
-  | tee "$OUT/eval_quadruplet.txt"
+evaluate quadruplet --ckpt_path "$FINETUNE_CKPT" --save_retrievals "$OUT/retrievals.png"
 
 step "export to MindIR"
 "$PY" "$REPO/export.py" --ckpt_file "$FINETUNE_CKPT" --file_name "$OUT/resnet50" "${COMMON[@]}"
@@ -125,33 +143,41 @@ if ! (cd "$OUT/infer" && RECALL_KS=1,10 bash "$REPO/scripts/run_infer_cpu.sh" "$
 fi
 tail -n 1 "$OUT/infer/chain.log"
 
+step "retrieval: index the test gallery without its first image, then search it with that image"
+mkdir -p "$OUT/retrieval"
+QUERY_LINE=$(head -n 1 "$DATA/test.txt")
+tail -n +2 "$DATA/test.txt" > "$OUT/retrieval/gallery.txt"
+"$PY" "$REPO/retrieve.py" index --ckpt_path "$FINETUNE_CKPT" --dataset_path "$DATA" \
+  --list "$OUT/retrieval/gallery.txt" --index_dir "$OUT/retrieval/index" "${COMMON[@]}"
+"$PY" "$REPO/retrieve.py" search --index_dir "$OUT/retrieval/index" "$DATA/${QUERY_LINE% *}" --top_k 5 \
+  --json "$OUT/retrieval/search.json" --picture "$OUT/retrieval/search.png"
+echo "  (the query is product ${QUERY_LINE##* }: results with label ${QUERY_LINE##* } are other views of it)"
+
 TEST_IMAGES=$(wc -l < "$DATA/test.txt")
 TEST_CLASSES=$(awk '{print $2}' "$DATA/test.txt" | sort -u | wc -l)
-step "Recall@1 and MAP@R on the $TEST_CLASSES test products ($TEST_IMAGES images; none of them seen in training)"
-row() { printf '  %-52s %-9s %s\n' "$1" "$2" "$3"; }
-row "" "Recall@1" "MAP@R"
-row "raw pixels, no learning ($(sed -n 's/^best: raw pixels //p' "$OUT/eval_raw_pixels.txt"))" \
-  "$(recall "$OUT/eval_raw_pixels.txt")" "$(map_r "$OUT/eval_raw_pixels.txt")"
-for stage in untrained:"untrained backbone (random init)" bn_only:"BatchNorm statistics only (lr 0)" \
-             softmax:"after softmax pre-training" quadruplet:"after quadruplet fine-tuning"; do
-  row "${stage#*:}" "$(recall "$OUT/eval_${stage%%:*}.txt")" "$(map_r "$OUT/eval_${stage%%:*}.txt")"
-done
-row "inference chain on the exported MindIR" "$(recall "$OUT/infer/acc.log")" "$(map_r "$OUT/infer/acc.log")"
-if [ "$(recall "$OUT/infer/acc.log")" != "$(recall "$OUT/eval_quadruplet.txt")" ]; then
-  echo "error: the inference chain's Recall@1 differs from eval.py's" >&2
+step "Recall@1 and MAP@R on the $TEST_CLASSES test products ($TEST_IMAGES images; none of them seen in training; DEMO_SEED=$SEED)"
+echo "  95% intervals: a bootstrap over the test products; a gain's interval resamples the same products for both"
+echo "  (the raw-pixel row is its best variant: $(sed -n 's/^best: raw pixels //p' "$OUT/eval_raw_pixels.txt"))"
+RAW="raw pixels, no learning" UNTRAINED="untrained backbone" BN="BatchNorm statistics only"
+SOFTMAX="softmax pre-training" FINETUNED="quadruplet fine-tuning"
+"$PY" -m src.evaluation.bootstrap "$RAW=$OUT/eval_raw_pixels.npz" "$UNTRAINED=$OUT/eval_untrained.npz" \
+  "$BN=$OUT/eval_bn_only.npz" "$SOFTMAX=$OUT/eval_softmax.npz" "$FINETUNED=$OUT/eval_quadruplet.npz" \
+  --gain "$SOFTMAX:$UNTRAINED" --gain "$FINETUNED:$SOFTMAX" --gain "$FINETUNED:$RAW" --gain "$FINETUNED:$BN" \
+  | tee "$OUT/summary.txt"
+if [ "$(recall "$OUT/infer/acc.log")" != "$(recall "$OUT/eval_quadruplet.txt")" ] \
+   || [ "$(map_r "$OUT/infer/acc.log")" != "$(map_r "$OUT/eval_quadruplet.txt")" ]; then
+  echo "error: the inference chain's Recall@1 / MAP@R differ from eval.py's" >&2
   exit 1
 fi
-echo "  (the chain's Recall@1 equals eval.py's)"
-awk -v f="$(recall "$OUT/eval_quadruplet.txt")" -v p="$(recall "$OUT/eval_raw_pixels.txt")" \
-    -v b="$(recall "$OUT/eval_bn_only.txt")" -v s="$(recall "$OUT/eval_softmax.txt")" \
-    'function side(d) { return d >= 0 ? "above" : "below" } function gap(d) { return d >= 0 ? d : -d }
-  BEGIN { printf "  fine-tuned Recall@1: %.4f %s softmax pre-training, %.4f %s raw pixels, %.4f %s BatchNorm statistics alone\n",
-          gap(f - s), side(f - s), gap(f - p), side(f - p), gap(f - b), side(f - b) }'
+echo "  the inference chain on the exported MindIR: Recall@1 $(recall "$OUT/infer/acc.log"), MAP@R" \
+  "$(map_r "$OUT/infer/acc.log"), equal to eval.py's after fine-tuning"
 echo "outputs in $OUT:"
 echo "  data/                   the demo dataset (SOP layout: Ebay_*.txt, train.txt, test.txt)"
 echo "  bn_only/, softmax/, quadruplet/  each stage's ckpt/, resolved config.yaml and history.csv"
 echo "  softmax/history.png     the softmax stage's loss and test Recall@1 against epoch"
-echo "  eval_*.txt              the evaluations (raw pixels, untrained, BatchNorm only, softmax, quadruplet)"
+echo "  eval_*.txt, eval_*.npz  the evaluations (raw pixels, untrained, BatchNorm only, softmax, quadruplet), features"
+echo "  summary.txt             the table above"
 echo "  retrievals.png          6 test queries with their top 5 after fine-tuning"
 echo "  resnet50.mindir         the exported feature network"
 echo "  infer/                  the inference chain's files, chain.log and acc.log"
+echo "  retrieval/              the test gallery's index, a held-out query's top 5 (search.json, search.png)"
