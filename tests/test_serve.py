@@ -13,11 +13,10 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import pytest
 
 from src.data.demo_data import make_retrieval_dataset
-from src.retrieval.client import SearchClient, served_url
+from src.retrieval.client import SearchClient, same_results, served_url
 from src.retrieval.index import load_index
 from tests.paths import ROOT
 
@@ -63,16 +62,8 @@ def site(tmp_path_factory, untrained_checkpoint):
         server.wait(30)
 
 
-def assert_same_results(got, want, atol=1e-4):
-    """One search's results equal: ranks, similarities (to atol: the server embeds queries in batches of other
-    sizes) and ids, of which two at (near) equal similarity may come in either order."""
-    assert [g["rank"] for g in got] == [w["rank"] for w in want]
-    np.testing.assert_allclose([g["similarity"] for g in got], [w["similarity"] for w in want], atol=atol)
-    for g, w in zip(got, want, strict=True):
-        if g["id"] != w["id"]:
-            assert abs(g["similarity"] - w["similarity"]) < atol and g["id"] in {x["id"] for x in want}, (got, want)
-        else:
-            assert (g["path"], g["label"]) == (w["path"], w["label"])
+def assert_same_results(got, want):
+    assert same_results(got, want), f"got {got}\nretrieve.py search: {want}"
 
 
 def test_the_api_answers_as_retrieve_search_does(site):
@@ -134,6 +125,10 @@ def test_bad_serve_flags_are_one_line_errors(site):
 # ---------------------------------------------------------------------------------------------------------------
 # In a browser
 
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+DRIVERS = ("/usr/lib/chromium/chromedriver",)  # where Debian's chromium-driver puts it, besides /usr/bin
+
+
 def browser_or_skip():
     """(chromium, chromedriver, selenium's webdriver module); a skip naming what is missing, a failure under CI."""
     missing = []
@@ -142,9 +137,8 @@ def browser_or_skip():
     except ImportError:
         webdriver = None
         missing.append("selenium (pip install -r requirements-dev.txt)")
-    chromium = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
-    driver = shutil.which("chromedriver") or next(
-        (path for path in ("/usr/lib/chromium/chromedriver",) if os.path.isfile(path)), None)
+    chromium = next(filter(None, map(shutil.which, BROWSERS)), None)
+    driver = shutil.which("chromedriver") or next((path for path in DRIVERS if os.path.isfile(path)), None)
     if chromium is None:
         missing.append("a Chromium browser (apt-get install chromium)")
     if driver is None:
@@ -155,6 +149,17 @@ def browser_or_skip():
             pytest.fail(reason + "; CI installs Chromium (.ci/run) and must run this test")
         pytest.skip(reason)
     return chromium, driver, webdriver
+
+
+@pytest.mark.parametrize("ci", ["true", ""])
+def test_without_chromium_the_browser_test_skips_saying_why_but_fails_under_ci(monkeypatch, ci):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(sys.modules[__name__], "DRIVERS", ())
+    monkeypatch.setenv("CI", ci)
+    outcome = pytest.fail.Exception if ci == "true" else pytest.skip.Exception
+    with pytest.raises(outcome, match=r"no real-browser test: a Chromium browser \(apt-get install chromium\), "
+                                      r"chromedriver \(apt-get install chromium-driver\) not found"):
+        browser_or_skip()
 
 
 @pytest.fixture(scope="module")

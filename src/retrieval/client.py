@@ -90,6 +90,17 @@ class SearchClient:
             self.connection = None
 
 
+def same_results(got, want, atol=1e-4):
+    """Whether two answers' results (JSON: rank, id, similarity, ...) to one query are the same: the same ranks and
+    similarities (to `atol`: the server embeds queries in batches of other sizes than a single search does), and the
+    same ids, of which two at equal similarity may come in either order."""
+    if [g["rank"] for g in got] != [w["rank"] for w in want]:
+        return False
+    ids = {w["id"] for w in want}
+    return all(abs(g["similarity"] - w["similarity"]) <= atol and (g["id"] == w["id"] or g["id"] in ids)
+               for g, w in zip(got, want, strict=True))
+
+
 def served_url(log_path, process, timeout=300.0):
     """(host, port) from the log of a starting `retrieve.py serve` (its output going to `log_path`) once it
     listens and has warmed up; RuntimeError with the log's end if `process` exits or `timeout` passes first."""
