@@ -100,8 +100,10 @@ def run_level(host, port, clients, searches, queries, expected):
 
 def report(rows, setup):
     """The results file: what was measured, then a row per (max_batch, clients)."""
+    command = " ".join(["python bench/bench_serve.py", setup["argv"]]).strip()
     lines = [f"# The retrieval page's server under load ({machine_and_date()})", "",
-             f"Command: `python bench/bench_serve.py {setup['argv']}`", "",
+             f"Command: `{command}` (the machine shared with other work: load average {setup['load']:.1f} when it "
+             f"started)", "",
              f"Index: the demo's, {setup['count']} images at 32 px (scripts/run_demo.sh's photo set, its test list), "
              f"2048-d, exact search; checkpoint {setup['checkpoint']}. Each client uploads one of {QUERIES} of its "
              f"images (top_k {TOP_K}) over its own keep-alive connection; clients and server share the cores. "
@@ -126,6 +128,7 @@ def main(argv=None):
                         help="the photo set, the checkpoint, the index and the servers' logs (kept for a re-run)")
     parser.add_argument("--output", default=OUTPUT)
     args = parser.parse_args(argv)
+    load = os.getloadavg()[0]
     work = os.path.abspath(args.work_dir)
     os.makedirs(work, exist_ok=True)
     data = os.path.join(work, "data")
@@ -163,7 +166,7 @@ def main(argv=None):
         finally:
             server.terminate()
             server.wait(30)
-    setup = {"argv": " ".join(argv if argv is not None else sys.argv[1:]), "count": len(listed),
+    setup = {"argv": " ".join(argv if argv is not None else sys.argv[1:]), "count": len(listed), "load": load,
              "checkpoint": "untrained (seed 1)" if not args.ckpt_path else os.path.basename(ckpt)}
     write_report(args.output, report(rows, setup))
     log("bench_serve", f"written {args.output}")
