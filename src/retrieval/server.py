@@ -111,8 +111,9 @@ def decode_upload(data, name):
         raise HTTPException(413, f"{too_many} ({width} x {height})")
     try:
         return decode_image(data, name)
-    except ValueError as err:
-        raise HTTPException(400, f"{err} (not an image, or a format OpenCV cannot read)") from None
+    except (ValueError, cv2.error) as err:
+        reason = err if isinstance(err, ValueError) else f"cannot decode image: {name}"
+        raise HTTPException(400, f"{reason} (not an image, or a format OpenCV cannot read)") from None
 
 
 class UploadTooLarge(Exception):
