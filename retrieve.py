@@ -1,6 +1,6 @@
 """Search images with a trained backbone: build an index of a folder or a list (index), find the nearest indexed
-images of query images (search), and the pairs and groups of indexed images above a similarity threshold (match).
-The pieces live in src/retrieval/."""
+images of query images (search), the pairs and groups of indexed images above a similarity threshold (match), and
+a web page to search the index from a browser (serve). The pieces live in src/retrieval/."""
 import src.runtime.env  # noqa: F401  (first: CPU dispatch and BLAS kernel, before numpy and mindspore load)
 
 # isort: split
@@ -49,7 +49,7 @@ def add_command(commands, name, summary, description, ann_help, searches=True):
 def parse_args(argv=None):
     parser = make_parser("Search images with a trained backbone: index a folder or list, search it by image, find "
                          "matching pairs and groups.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{index,search,match}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{index,search,match,serve}")
     index = add_command(commands, "index", "extract the features of a folder's or a list's images into an index",
                         "Build (or, with --add, extend) an index folder. Any config key can be overridden with "
                         "--<key> <value> (see src/configs/*.yaml).",
@@ -95,6 +95,19 @@ def parse_args(argv=None):
     match.add_argument("--max_neighbours", type=int, default=100, help="pairs are looked for among each image's "
                                                                       "nearest this many")
     match.add_argument("--csv", default=None, metavar="FILE", help="write the pairs with their group as CSV")
+
+    serve = add_command(commands, "serve", "a web page (and its JSON API) to search the index from a browser",
+                        "Serve a page where one drops or chooses an image, or clicks one of the index's, and sees its "
+                        "nearest indexed images; the model and the index are loaded once. Listens on 127.0.0.1 "
+                        "unless --host says otherwise.", "as for search")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (0.0.0.0: every interface, which opens the index's images to "
+                            "the network)")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (0: any free one; the log says)")
+    serve.add_argument("--max_upload_mb", type=float, default=20.0,
+                       help="uploads larger than this are refused (413), counted as they arrive")
+    serve.add_argument("--max_batch", type=int, default=16,
+                       help="queries searched together at most, when several wait (one model thread)")
     args = parse_with_overrides(parser, argv)
     if args.command != "index" and args.overrides:
         parser.error(f"unrecognized arguments for {args.command}: {' '.join(args.overrides)}")
@@ -234,7 +247,23 @@ def calibrate_on(index, images, precision, args, threads):
     return calibrate(embedder.embed_list(images), images.ids, precision, images.list_file)
 
 
-COMMANDS = {"index": build, "search": search, "match": match}
+def serve(args):
+    from src.retrieval.batching import batch_sizes
+    from src.retrieval.retriever import Retriever
+    from src.retrieval.server import serve as serve_page
+
+    check_ann(args.ann)
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be from 0 to 65535, got {args.port}")
+    if not args.max_upload_mb > 0:
+        raise ValueError(f"--max_upload_mb must be > 0, got {args.max_upload_mb}")
+    batch_sizes(args.max_batch)
+    retriever = Retriever.open(args.index_dir, args.ckpt_path, args.backend, args.ann, args.threads,
+                               args.device_target)
+    serve_page(retriever, args.host, args.port, int(args.max_upload_mb * 2 ** 20), args.max_batch)
+
+
+COMMANDS = {"index": build, "search": search, "match": match, "serve": serve}
 
 
 def main(argv=None):

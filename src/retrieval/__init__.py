@@ -1,1 +1,1 @@
-"""Search with a trained backbone: the on-disk index of image features, exact and approximate search, matching."""
+"""Search with a trained backbone: the on-disk feature index, exact and approximate search, matching, a web page."""
