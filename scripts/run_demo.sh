@@ -163,7 +163,7 @@ SOFTMAX="softmax pre-training" FINETUNED="quadruplet fine-tuning"
 "$PY" -m src.evaluation.bootstrap "$RAW=$OUT/eval_raw_pixels.npz" "$UNTRAINED=$OUT/eval_untrained.npz" \
   "$BN=$OUT/eval_bn_only.npz" "$SOFTMAX=$OUT/eval_softmax.npz" "$FINETUNED=$OUT/eval_quadruplet.npz" \
   --gain "$SOFTMAX:$UNTRAINED" --gain "$FINETUNED:$SOFTMAX" --gain "$FINETUNED:$RAW" --gain "$FINETUNED:$BN" \
-  | tee "$OUT/summary.txt"
+  2> >(grep -v " INFO " >&2) | tee "$OUT/summary.txt"  # the table alone: the start-up INFO lines stay out of it
 if [ "$(recall "$OUT/infer/acc.log")" != "$(recall "$OUT/eval_quadruplet.txt")" ] \
    || [ "$(map_r "$OUT/infer/acc.log")" != "$(map_r "$OUT/eval_quadruplet.txt")" ]; then
   echo "error: the inference chain's Recall@1 / MAP@R differ from eval.py's" >&2
@@ -181,3 +181,5 @@ echo "  retrievals.png          6 test queries with their top 5 after fine-tunin
 echo "  resnet50.mindir         the exported feature network"
 echo "  infer/                  the inference chain's files, chain.log and acc.log"
 echo "  retrieval/              the test gallery's index, a held-out query's top 5 (search.json, search.png)"
+echo "search the index from a browser (http://127.0.0.1:8080/; Ctrl-C stops it):"
+printf '  %q %q serve --index_dir %q\n' "$PY" "$REPO/retrieve.py" "$OUT/retrieval/index"
