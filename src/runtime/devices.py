@@ -77,7 +77,16 @@ def set_device(device_target, device_id=None):
         else:
             ms.set_device(device_target, int(device_id))
     except RuntimeError as err:
+        if _already_running_on(ms, err, device_target, device_id):
+            return  # a second set-up in one process (a server opening another index, a test after another)
         if _UNSUPPORTED not in str(err) or device_target == "CPU":
             raise
         message = unavailable_message(device_target, str(err), plugin_files(device_target), missing_libraries)
         raise DeviceUnavailableError(message) from None
+
+
+def _already_running_on(ms, err, device_target, device_id):
+    """Whether MindSpore refused a set_device because its runtime already runs on that very device."""
+    if "runtime has been initialized" not in str(err) or ms.get_context("device_target") != device_target:
+        return False
+    return device_id is None or int(ms.get_context("device_id")) == int(device_id)

@@ -34,3 +34,25 @@ def test_cpu_threads_reach_mindspores_kernel_setting_once_per_process():
     assert lines[2] == ("refused: MindSpore's CPU threads are set to 1 in this process already and cannot change "
                         "to 2")
     assert "runtime_num_threads" not in proc.stderr  # no deprecated setting on the way
+
+
+SECOND_SETUP = """
+import src.runtime.env
+import mindspore as ms
+import numpy as np
+from src.runtime.context import init_context
+init_context("CPU")
+ms.ops.add(ms.Tensor(np.ones(2)), ms.Tensor(np.ones(2)))  # the runtime starts
+init_context("CPU")  # a second set-up on the same device, as a server opening an index after a search does
+print("second set-up on the running device: ok")
+init_context("CPU", device_id=3)
+"""
+
+
+def test_a_second_set_up_on_the_running_device_passes_and_another_device_is_refused():
+    """MindSpore refuses set_device once its runtime has started; the same device again is no change (a process that
+    opens a second Retriever, or a test after another on its worker), another one is still an error."""
+    proc = subprocess.run([sys.executable, "-c", SECOND_SETUP], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=ROOT, GLOG_v="3"))
+    assert "second set-up on the running device: ok" in proc.stdout, proc.stderr[-2000:]
+    assert proc.returncode != 0 and "can not be modified" in proc.stderr
