@@ -5,8 +5,6 @@ import src.runtime.env  # noqa: F401  (first: CPU dispatch and BLAS kernel, befo
 
 # isort: split
 import argparse
-import csv
-import io
 import json
 import os
 
@@ -183,7 +181,14 @@ def search(args):
 def match(args):
     from src.data.image_list import read_image_list
     from src.retrieval.index import load_index
-    from src.retrieval.match import check_precision, check_threshold, connected_groups, similar_pairs
+    from src.retrieval.match import (
+        calibrate_on_index,
+        check_precision,
+        check_threshold,
+        connected_groups,
+        pairs_csv,
+        similar_pairs,
+    )
 
     check_ann(args.ann)
     threads = check_threads(args.threads)
@@ -203,7 +208,9 @@ def match(args):
         if os.path.abspath(images.list_file) in index.manifest["sources"]:
             raise ValueError(f"--calibrate_list {args.calibrate_list} is the list the index was built from: calibrate "
                              f"on a labelled list held out of it (never the test list), e.g. train.txt")
-        calibration = calibrate_on(index, images, precision, args, threads)
+        backend = check_backend(args.backend or index.manifest["backend"])
+        calibration = calibrate_on_index(index, images, precision, backend, threads, args.ckpt_path,
+                                         args.device_target)
         print(calibration.line(images.list_file))
         threshold = calibration.threshold
     searcher = index.searcher(args.ann, threads)
@@ -215,36 +222,8 @@ def match(args):
         print(f"group {number} ({len(group)} images): " + " ".join(index.paths[i] for i in group[:10])
               + (" ..." if len(group) > 10 else ""))
     if args.csv:
-        group_of = {int(i): number for number, group in enumerate(groups, start=1) for i in group}
-        text = io.StringIO()
-        writer = csv.writer(text, lineterminator="\n")
-        writer.writerow(["group", "id_a", "path_a", "label_a", "id_b", "path_b", "label_b", "similarity"])
-        for a, b, s in zip(first, second, sims, strict=True):
-            writer.writerow([group_of[int(a)], a, index.paths[a], _label(index, a), b, index.paths[b],
-                             _label(index, b), f"{s:.6f}"])
-        write_atomic(args.csv, text.getvalue())
+        write_atomic(args.csv, pairs_csv(index, first, second, sims, groups))
         logger.info("pairs written to %s", args.csv)
-
-
-def _label(index, i):
-    label = index.label(i)
-    return "" if label is None else label
-
-
-def calibrate_on(index, images, precision, args, threads):
-    """The Calibration of `images` (a labelled ImageList) embedded as the index's images were."""
-    from src.retrieval.embed import checkpoint_for, open_embedder
-    from src.retrieval.index import hash_files
-    from src.retrieval.match import calibrate
-
-    known = set(index.hashes)
-    shared = sum(digest in known for digest in hash_files([images.full_path(i) for i in range(len(images))]))
-    if shared:
-        logger.warning("%s: %d of its %d images are in the index too; a threshold calibrated on the images it is "
-                       "applied to looks better than it is", images.list_file, shared, len(images))
-    settings = dict(index.manifest, backend=check_backend(args.backend or index.manifest["backend"]))
-    embedder = open_embedder(checkpoint_for(index.manifest, args.ckpt_path), settings, threads, args.device_target)
-    return calibrate(embedder.embed_list(images), images.ids, precision, images.list_file)
 
 
 def serve(args):

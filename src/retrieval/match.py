@@ -6,6 +6,8 @@ nearest neighbours (`max_neighbours` of them, through any searcher), so exact or
 alike; an image with more neighbours above the threshold than that is warned about (its group is still whole
 through the others' pairs, unless they are all in the same case).
 """
+import csv
+import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,3 +142,37 @@ def calibrate(features, labels, precision, what="the calibration list", block_ro
     i = int(reaching[0])
     return Calibration(float(positive[i]), float(precisions[i]), float(true_at[i] / len(positive)), int(true_at[i]),
                        int(false_at[i]), len(positive))
+
+
+def pairs_csv(index, first, second, similarities, groups):
+    """The pairs as CSV text, one row a pair with its group (numbered as `groups` lists them), both images' ids,
+    paths and labels (empty when unknown) and their similarity."""
+    group_of = {int(i): number for number, group in enumerate(groups, start=1) for i in group}
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["group", "id_a", "path_a", "label_a", "id_b", "path_b", "label_b", "similarity"])
+    for a, b, similarity in zip(first, second, similarities, strict=True):
+        writer.writerow([group_of[int(a)], a, index.paths[a], _label(index, a), b, index.paths[b], _label(index, b),
+                         f"{similarity:.6f}"])
+    return text.getvalue()
+
+
+def _label(index, i):
+    label = index.label(i)
+    return "" if label is None else label
+
+
+def calibrate_on_index(index, images, precision, backend, threads, ckpt_path=None, device_target="CPU"):
+    """The Calibration of `images` (a labelled ImageList) embedded as the index's images were (its manifest's
+    checkpoint, or `ckpt_path` where it moved, on `backend`); warns when some of them are in the index too."""
+    from src.retrieval.embed import checkpoint_for, open_embedder
+    from src.retrieval.index import hash_files
+
+    known = set(index.hashes)
+    shared = sum(digest in known for digest in hash_files([images.full_path(i) for i in range(len(images))]))
+    if shared:
+        logger.warning("%s: %d of its %d images are in the index too; a threshold calibrated on the images it is "
+                       "applied to looks better than it is", images.list_file, shared, len(images))
+    settings = dict(index.manifest, backend=backend)
+    embedder = open_embedder(checkpoint_for(index.manifest, ckpt_path), settings, threads, device_target)
+    return calibrate(embedder.embed_list(images), images.ids, precision, images.list_file)
