@@ -7,7 +7,9 @@ import os
 
 import mindspore as ms
 
+from src.deploy.calibration import add_calibration_arguments, read_calibration
 from src.deploy.engines import add_engine_arguments, check_backend, check_threads, extraction_engine
+from src.deploy.quantize import check_precision
 from src.evaluation.bootstrap import interval_lines, per_query_scores
 from src.evaluation.features import (
     evaluate_backbone,
@@ -58,6 +60,7 @@ def parse_args(argv=None):
                              "or red, with squared L2 distances, into this image")
     add_engine_arguments(parser, "what extracts the features on CPU: mindspore (the network itself), or onnxruntime "
                                  "/ openvino on its ONNX export (written once next to the checkpoint and reused)")
+    add_calibration_arguments(parser)
     add_recall_ks_argument(parser)
     parser.add_argument("--ci", action="store_true",
                         help="also print Recall@1 and MAP@R with 95%% intervals from a bootstrap over the test classes "
@@ -75,7 +78,7 @@ def main(argv=None):
     ks = args.recall_ks or config_ks(cfg.recall_ks)
     if not os.path.isdir(args.dataset_path):
         raise FileNotFoundError(f"--dataset_path {args.dataset_path} is not a folder")
-    check_backend(args.backend)
+    check_precision(args.precision, check_backend(args.backend))
     threads = check_threads(args.threads)
     if args.backend != "mindspore" and args.device_target != "CPU":
         raise ValueError(f"--backend {args.backend} runs on CPU; use --device_target CPU (got {args.device_target})")
@@ -87,6 +90,11 @@ def main(argv=None):
         lists = read_checked_query_gallery(args.dataset_path, args.query_list, args.gallery_list, cfg)
     else:
         images = read_checked_list(args.dataset_path, args.eval_list, cfg)
+    calibration = None
+    if args.precision == "int8":  # never the images it is scored on
+        scored = (args.query_list, args.gallery_list) if query_gallery else (args.eval_list,)
+        calibration = read_calibration(args.dataset_path, args.calibration_list, args.calibration_size, scored,
+                                       cfg.eval_resize)
     ms.set_seed(cfg.seed)
     padding = resolve_padding(cfg[CONVENTION_KEY], [args.ckpt_path])
     # The ONNX engines export the backbone, so it keeps MindSpore's ops for them.
@@ -97,7 +105,7 @@ def main(argv=None):
     if args.ckpt_path:
         load_backbone_checkpoint(backbone, args.ckpt_path)
     backbone = extraction_engine(args.backend, backbone, args.ckpt_path, cfg.image_size, cfg.eval_batch_size,
-                                 threads, dict(head_options(cfg), padding=padding))
+                                 threads, dict(head_options(cfg), padding=padding), args.precision, calibration)
     extra = {}
     if query_gallery:
         metrics, (features, labels, paths), gallery = evaluate_query_gallery(

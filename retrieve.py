@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 
+from src.deploy.calibration import add_calibration_arguments
 from src.deploy.engines import add_engine_arguments, check_backend, check_threads
 from src.losses.registry import LOSS_NAMES
 from src.retrieval.search import ANN_CHOICES, check_ann, check_top_k
@@ -23,24 +24,28 @@ def add_ann_argument(parser, what):
     parser.add_argument("--ann", default="auto", metavar="{" + ",".join(ANN_CHOICES) + "}", help=what)
 
 
-def add_search_arguments(parser):
-    """What search and match share: the index, where its checkpoint is, the backend and device."""
+def add_search_arguments(parser, precision=True):
+    """What search, match and serve share: the index, where its checkpoint is, the backend (and `precision`, which
+    match does not take: its --precision is the threshold's) and device."""
     parser.add_argument("--index_dir", required=True, help="the index folder (retrieve.py index)")
     parser.add_argument("--ckpt_path", default=None,
                         help="the index's checkpoint, if it has moved (default: the path its manifest records); "
                              "another checkpoint is refused")
     parser.add_argument("--device_target", default="CPU", choices=DEVICES, help="device to run on")
-    add_engine_arguments(parser, "what extracts the query features (default: the backend the index was built with)")
+    add_engine_arguments(parser, "what extracts the query features (default: the backend the index was built with)",
+                         precision)
     parser.set_defaults(backend=None)
+    if precision:
+        parser.set_defaults(precision=None)  # the index's
 
 
-def add_command(commands, name, summary, description, ann_help, searches=True):
+def add_command(commands, name, summary, description, ann_help, searches=True, precision=True):
     """A subcommand's parser: its --ann, and (searches) the index it searches with add_search_arguments."""
     parser = commands.add_parser(name, help=summary, description=description, allow_abbrev=False,
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_ann_argument(parser, ann_help)
     if searches:
-        add_search_arguments(parser)
+        add_search_arguments(parser, precision)
     return parser
 
 
@@ -68,6 +73,7 @@ def parse_args(argv=None):
                        help="stage whose config supplies image_size / eval settings")
     add_engine_arguments(index, "what extracts the features on CPU: mindspore, or onnxruntime / openvino on its "
                                 "ONNX export (as eval.py --backend)")
+    add_calibration_arguments(index)
 
     search = add_command(commands, "search", "the nearest indexed images of query images",
                          "Each query image's top-k indexed images by cosine similarity, the query preprocessed as "
@@ -81,7 +87,8 @@ def parse_args(argv=None):
 
     match = add_command(commands, "match", "pairs and groups of indexed images at least a threshold similar",
                         "Pairs of indexed images whose cosine similarity is at least a threshold, and their groups "
-                        "(connected components).", "as for search")
+                        "(connected components); the index's images and any --calibrate_list are embedded in the "
+                        "index's precision.", "as for search", precision=False)
     threshold = match.add_mutually_exclusive_group(required=True)
     threshold.add_argument("--threshold", type=float, default=None, help="cosine similarity in [-1, 1]")
     threshold.add_argument("--calibrate_list", default=None,
@@ -114,6 +121,8 @@ def parse_args(argv=None):
 
 def build(args):
     from src.data.decoding import drop_bad_images
+    from src.deploy.calibration import read_calibration
+    from src.deploy.quantize import check_precision
     from src.evaluation.features import read_eval_list
     from src.kernels import build as cpu_kernels
     from src.models.checkpoint import resolve_padding
@@ -125,9 +134,16 @@ def build(args):
     if args.image_size is not None:
         args.overrides.append(f"image_size={args.image_size}")
     cfg = load_stage_config(args)
-    check_backend(args.backend)
+    check_precision(args.precision, check_backend(args.backend))
     check_ann(args.ann)
     threads = check_threads(args.threads)
+    calibration = None
+    if args.precision == "int8":  # checked before any image is read
+        if not args.dataset_path or not os.path.isdir(args.dataset_path):
+            raise NotADirectoryError(f"--dataset_path {args.dataset_path}: --precision int8 needs the folder of "
+                                     f"--calibration_list")
+        calibration = read_calibration(args.dataset_path, args.calibration_list, args.calibration_size,
+                                       eval_resize=cfg.eval_resize)
     if args.list:
         if not args.dataset_path or not os.path.isdir(args.dataset_path):
             raise NotADirectoryError(f"--dataset_path {args.dataset_path}: --list needs the folder its paths are "
@@ -140,7 +156,7 @@ def build(args):
     padding = resolve_padding(cfg[CONVENTION_KEY], [args.ckpt_path])
     kernels = cpu_kernels.resolve(cfg.cpu_kernels, args.device_target, threads) if args.backend == "mindspore" \
         else cpu_kernels.MINDSPORE
-    settings = embedding_settings(cfg, args.ckpt_path, padding, kernels, args.backend)
+    settings = embedding_settings(cfg, args.ckpt_path, padding, kernels, args.backend, args.precision, calibration)
     if args.add and os.path.exists(args.index_dir):  # refused before the network is built
         check_same_embedding(read_manifest(args.index_dir), settings, "this build", args.index_dir)
     embedder = open_embedder(args.ckpt_path, settings, threads, args.device_target, cfg.eval_batch_size,
@@ -158,7 +174,7 @@ def search(args):
     check_ann(args.ann)
     queries = [load_image(path) for path in args.images]  # a file that is not an image stops us here
     retriever = Retriever.open(args.index_dir, args.ckpt_path, args.backend, args.ann, args.threads,
-                               args.device_target)
+                               args.device_target, precision=args.precision)
     results = retriever.search_images(queries, k)
     for path, hits in zip(args.images, results, strict=True):
         print(f"query {path}")
@@ -238,7 +254,7 @@ def serve(args):
         raise ValueError(f"--max_upload_mb must be > 0, got {args.max_upload_mb}")
     batch_sizes(args.max_batch)
     retriever = Retriever.open(args.index_dir, args.ckpt_path, args.backend, args.ann, args.threads,
-                               args.device_target)
+                               args.device_target, precision=args.precision)
     serve_page(retriever, args.host, args.port, int(args.max_upload_mb * 2 ** 20), args.max_batch)
 
 

@@ -10,6 +10,8 @@ usage() {
   echo "  RECALL_KS=1,10 (environment) sets the K of Recall@K reported in acc.log (default 1,10,100,1000)."
   echo "  BACKEND=mindspore|onnxruntime|openvino (environment) runs the model (default mindspore); THREADS=N"
   echo "  its threads (default: every core)."
+  echo "  PRECISION=fp32|bf16|int8 (environment): bf16 runs the float32 ONNX file in bfloat16 (openvino, on CPUs"
+  echo "  with AVX512_BF16 or AMX); int8 runs an int8 ONNX file (export.py --quantize int8). Default fp32."
 }
 source "$(dirname "$0")/common.sh"
 [ $# -ge 2 ] || die_usage "at least 2 arguments needed, got $#"
@@ -24,6 +26,13 @@ case "$BACKEND" in
 esac
 [[ "${MODEL_PATH,,}" == *"$WANT" ]] || die_usage "BACKEND=$BACKEND runs a $WANT file, got MODEL_PATH '$MODEL_PATH'"
 [ -z "${THREADS:-}" ] || need_int "$THREADS" THREADS
+PRECISION=${PRECISION:-fp32}
+case "$PRECISION" in
+  fp32) ;;
+  bf16) [ "$BACKEND" = openvino ] || die_usage "PRECISION=bf16 runs on BACKEND=openvino, got BACKEND=$BACKEND" ;;
+  int8) [ "$BACKEND" != mindspore ] || die_usage "PRECISION=int8 runs on BACKEND=onnxruntime or openvino" ;;
+  *) die_usage "PRECISION must be fp32, bf16 or int8, got '$PRECISION'" ;;
+esac
 
 run_step() {  # run_step NAME LOG CMD...: run one step; if it fails, stop here with its exit status
   local name="$1" log="$2" status=0
@@ -42,7 +51,7 @@ fresh_dir time_Result
 THREAD_ARGS=()
 [ -z "${THREADS:-}" ] || THREAD_ARGS=(--threads "$THREADS")
 run_step inference infer.log "$PYTHON" -m src.deploy.infer_cpu --model_path "$MODEL_PATH" \
-  --backend "$BACKEND" "${THREAD_ARGS[@]}" --dataset_path preprocess_Result/img_data --output_dir .
+  --backend "$BACKEND" --precision "$PRECISION" "${THREAD_ARGS[@]}" --dataset_path preprocess_Result/img_data --output_dir .
 rm -f acc.log
 run_step postprocess postprocess.log "$PYTHON" "$REPO/postprocess.py" --result_path result_Files \
   --label_path preprocess_Result/label --output acc.log --recall_ks "${RECALL_KS:-1,10,100,1000}"

@@ -5,13 +5,15 @@
 
 An exported model has a fixed batch (export.py's --batch_size); an engine runs any number of images through
 it, padding the last short batch with zeros and dropping their rows (inference mode: rows are independent).
-Both engines compute in float32: OpenVINO's CPU plugin would otherwise pick bf16 on CPUs that have it
-(AVX512_BF16, AMX). OpenVINO's oneDNN runs uncapped (src.runtime.env.onednn_uncapped): our AVX2 cap on AVX-512
+Both engines compute in the precision asked (src.deploy.quantize: fp32, bf16 in OpenVINO, int8 on an int8 file),
+float32 by default: OpenVINO's CPU plugin would otherwise pick bf16 on CPUs that have it (AVX512_BF16, AMX).
+OpenVINO's oneDNN runs uncapped (src.runtime.env.onednn_uncapped): our AVX2 cap on AVX-512
 CPUs is for MindSpore's convolutions; OpenVINO's own blocked-layout kernels are faster without it.
 
 `onnx_for_checkpoint` writes the ONNX of a checkpoint's backbone once, next to the checkpoint, and reuses it
-while the checkpoint and the export settings are unchanged (eval.py --backend onnxruntime|openvino); a cached file
-that does not load (e.g. truncated) is exported again.
+while the checkpoint and the export settings are unchanged (eval.py --backend onnxruntime|openvino); its int8 model
+is cached beside it (src.deploy.quantize.int8_for_onnx); a cached file that does not load (e.g. truncated) is made
+again.
 """
 import hashlib
 import json
@@ -21,6 +23,7 @@ import tempfile
 
 import numpy as np
 
+from src.deploy.quantize import PRECISIONS, check_model_precision, check_precision, int8_for_onnx
 from src.runtime.env import onednn_uncapped
 from src.runtime.log import get_logger
 
@@ -45,11 +48,17 @@ def check_backend(name):
     return name
 
 
-def add_engine_arguments(parser, backend_help):
-    """--backend (default mindspore; checked by check_backend, so a bad value is a one-line error) and --threads."""
+def add_engine_arguments(parser, backend_help, precision=True):
+    """--backend (default mindspore; checked by check_backend, so a bad value is a one-line error), --threads and
+    (`precision`) --precision (checked by src.deploy.quantize.check_precision)."""
     parser.add_argument("--backend", default="mindspore", metavar="{" + ",".join(BACKENDS) + "}", help=backend_help)
     parser.add_argument("--threads", type=int, default=None,
                         help="inference threads (default: every core this process may use)")
+    if precision:
+        parser.add_argument("--precision", default="fp32", metavar="{" + ",".join(PRECISIONS) + "}",
+                            help="what the engine computes in: fp32; bf16 (openvino, on CPUs with AVX512_BF16 or "
+                                 "AMX); int8 (onnxruntime / openvino: the model quantized after training, calibrated "
+                                 "on --calibration_list where the model is exported here)")
 
 
 def default_threads():
@@ -114,9 +123,12 @@ class _FixedBatchEngine:
 
 
 class OnnxRuntimeEngine(_FixedBatchEngine):
-    """An ONNX model in ONNX Runtime's CPU execution provider, all graph optimisations on."""
+    """An ONNX model in ONNX Runtime's CPU execution provider, all graph optimisations on (an int8 file's QDQ pairs
+    become int8 operators)."""
 
-    def __init__(self, model_path, threads=None):
+    def __init__(self, model_path, threads=None, precision="fp32"):
+        check_precision(precision, "onnxruntime")
+        check_model_precision(model_path, precision)
         ort = _import_engine("onnxruntime")
         options = ort.SessionOptions()
         options.intra_op_num_threads = check_threads(threads)
@@ -134,18 +146,24 @@ class OnnxRuntimeEngine(_FixedBatchEngine):
 
 
 class OpenVinoEngine(_FixedBatchEngine):
-    """An ONNX model compiled by OpenVINO for its CPU plugin, in float32, `threads` inference threads."""
+    """An ONNX model compiled by OpenVINO for its CPU plugin, `threads` inference threads: float32, or bfloat16
+    (bf16), or an int8 file's quantized operators in int8 and the rest in float32 (int8)."""
 
-    def __init__(self, model_path, threads=None):
+    def __init__(self, model_path, threads=None, precision="fp32"):
+        check_precision(precision, "openvino")
+        check_model_precision(model_path, precision)
         ov = _import_engine("openvino")
         core = ov.Core()
+        if precision == "bf16":
+            check_bf16_cpu(core)
         model = core.read_model(model_path)
         if len(model.inputs) != 1:
             raise ValueError(f"{model_path}: expected a model with one input, found {len(model.inputs)}")
         shape = model.inputs[0].get_partial_shape()
         if shape.is_dynamic:
             raise ValueError(f"{model_path}: expected a fixed input shape, found {shape}")
-        config = {"INFERENCE_NUM_THREADS": check_threads(threads), "INFERENCE_PRECISION_HINT": "f32",
+        config = {"INFERENCE_NUM_THREADS": check_threads(threads),
+                  "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
                   "PERFORMANCE_HINT": "LATENCY"}
         with onednn_uncapped():  # its oneDNN reads the cap when it first compiles
             self.compiled = core.compile_model(model, "CPU", config)
@@ -157,11 +175,22 @@ class OpenVinoEngine(_FixedBatchEngine):
         return self.request.infer([images])[0]
 
 
+def check_bf16_cpu(core=None):
+    """ValueError unless OpenVINO finds bfloat16 instructions (AVX512_BF16 or AMX) on this CPU."""
+    with onednn_uncapped():  # the plugin's oneDNN reads the cap when it loads: capped, it has no bf16 kernels
+        core = core or _import_engine("openvino").Core()
+        capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if "BF16" not in capabilities:
+        raise ValueError("--precision bf16: this CPU has no bfloat16 instructions (AVX512_BF16 or AMX); use "
+                         "--precision fp32 or int8")
+
+
 ENGINES = {"onnxruntime": OnnxRuntimeEngine, "openvino": OpenVinoEngine}
 
 
-def open_engine(backend, model_path, threads=None):
-    """The engine of `backend` (onnxruntime | openvino) on the ONNX file `model_path`."""
+def open_engine(backend, model_path, threads=None, precision="fp32"):
+    """The engine of `backend` (onnxruntime | openvino) on the ONNX file `model_path`, computing in `precision`
+    (int8: `model_path` must be an int8 file)."""
     check_backend(backend)
     if backend not in ENGINES:
         raise ValueError(f"--backend {backend} runs the network itself, not an exported file")
@@ -169,7 +198,7 @@ def open_engine(backend, model_path, threads=None):
         raise FileNotFoundError(f"ONNX model not found: {model_path}")
     if not model_path.lower().endswith(".onnx"):
         raise ValueError(f"--backend {backend} runs an ONNX file (export.py --file_format ONNX), got {model_path}")
-    return ENGINES[backend](model_path, threads)
+    return ENGINES[backend](model_path, threads, precision)
 
 
 def onnx_cache_path(ckpt_path, image_size, batch_size, settings=None):
@@ -230,33 +259,56 @@ def _load_error(err):
     return f"{type(err).__name__}: {lines[-1]}" if lines else type(err).__name__
 
 
-def extraction_engine(backend, backbone, ckpt_path, image_size, batch_size, threads=None, settings=None):
-    """What extracts features for `backend`: `backbone` itself for mindspore, else the engine on its ONNX export
-    (onnx_for_checkpoint: cached next to `ckpt_path`).
+def _model_file(backbone, ckpt_path, image_size, batch_size, settings, calibration, reuse=True):
+    """(path, how) of the file the engine runs: the float32 export (onnx_for_checkpoint), or with a `calibration`
+    its int8 model beside it (int8_for_onnx; how "reused" when that file was)."""
+    path, how = onnx_for_checkpoint(backbone, ckpt_path, image_size, batch_size, settings, reuse)
+    if calibration is None:
+        return path, how
+    try:
+        int8_path, int8_how = int8_for_onnx(path, calibration, batch_size, image_size, reuse)
+    except BaseException:
+        if how == "temporary":
+            shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+        raise
+    return int8_path, ("temporary" if how == "temporary" else int8_how)
 
-    A cached export that does not load in the engine (a damaged file) is exported again, with a warning naming
-    it; an export that does not load right after it was written is a ModelLoadError naming the file.
+
+def extraction_engine(backend, backbone, ckpt_path, image_size, batch_size, threads=None, settings=None,
+                      precision="fp32", calibration=None):
+    """What extracts features for `backend`: `backbone` itself for mindspore, else the engine on its ONNX export
+    (onnx_for_checkpoint: cached next to `ckpt_path`) in `precision`; int8 needs `calibration`
+    (src.deploy.calibration.read_calibration) and runs the export's int8 model (cached beside it).
+
+    A cached model that does not load in the engine (a damaged file) is made again, with a warning naming it; a
+    model that does not load right after it was written is a ModelLoadError naming the file.
     """
-    if check_backend(backend) == "mindspore":
+    check_precision(precision, check_backend(backend))
+    if precision == "int8" and calibration is None:
+        raise ValueError("--precision int8 needs --calibration_list: a list of training images to calibrate on")
+    if backend == "mindspore":
         return backbone
-    _import_engine(backend)  # a missing package fails before the export
-    path, how = onnx_for_checkpoint(backbone, ckpt_path, image_size, batch_size, settings)
+    _import_engine(backend)  # a missing package or CPU feature fails before the export
+    if precision == "bf16":
+        check_bf16_cpu()
+    calibration = calibration if precision == "int8" else None
+    path, how = _model_file(backbone, ckpt_path, image_size, batch_size, settings, calibration)
     engine = None
     if how == "reused":
         try:
-            engine = open_engine(backend, path, threads)
+            engine = open_engine(backend, path, threads, precision)
         except Exception as err:  # whatever the engine makes of a damaged file: export it again
             logger.warning("ONNX model: the cached %s does not load in %s (%s); exporting it again", path, backend,
                            _load_error(err))
-            path, how = onnx_for_checkpoint(backbone, ckpt_path, image_size, batch_size, settings, reuse=False)
+            path, how = _model_file(backbone, ckpt_path, image_size, batch_size, settings, calibration, reuse=False)
     if engine is None:
         try:
-            engine = open_engine(backend, path, threads)
+            engine = open_engine(backend, path, threads, precision)
         except Exception as err:
             raise ModelLoadError(f"{path}: the ONNX model just exported does not load in {backend} "
                                  f"({_load_error(err)})") from err
         finally:
             if how == "temporary":  # the engine holds the model now
                 shutil.rmtree(os.path.dirname(path), ignore_errors=True)
-    logger.info("features by %s on %s, %d thread(s)", backend, path, check_threads(threads))
+    logger.info("features by %s on %s, %d thread(s), %s", backend, path, check_threads(threads), precision)
     return engine

@@ -2,10 +2,12 @@
 
     python -m src.deploy.infer_cpu --mindir_path resnet50.mindir --dataset_path preprocess_Result/img_data
     python -m src.deploy.infer_cpu --backend openvino --model_path resnet50.onnx --dataset_path ...
+    python -m src.deploy.infer_cpu --backend openvino --precision int8 --model_path resnet50_int8.onnx ...
 
 Runs the model on CPU, one *.bin input file (sorted by name) per call: --backend mindspore (default) runs the
 MindIR through MindSpore (`nn.GraphCell(ms.load(path))`); onnxruntime / openvino run the ONNX export
-(src/deploy/engines.py). It writes <output_dir>/result_Files/<name>_<k>.bin per output k and
+(src/deploy/engines.py) in --precision fp32, bf16 (openvino) or int8 (an int8 file of export.py --quantize int8).
+It writes <output_dir>/result_Files/<name>_<k>.bin per output k and
 the average latency to <output_dir>/time_Result/test_perform_static.txt (see src/deploy/infer_data.py).
 """
 import argparse
@@ -19,6 +21,7 @@ from mindspore.train import mind_ir_pb2
 
 from src.deploy.engines import add_engine_arguments, check_backend, check_threads, open_engine
 from src.deploy.infer_data import RESULT_DIR, list_input_files, read_array, result_name, write_latency
+from src.deploy.quantize import check_precision
 from src.runtime.atomic_file import write_atomic
 from src.runtime.cli import run
 from src.runtime.context import init_context, set_cpu_threads
@@ -98,7 +101,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    check_backend(args.backend)
+    check_precision(args.precision, check_backend(args.backend))
     threads = check_threads(args.threads)
     if not os.path.isfile(args.model_path):
         raise FileNotFoundError(f"model not found: {args.model_path}")
@@ -107,7 +110,9 @@ def main(argv=None):
         raise ValueError(f"--backend {args.backend} runs a {want} file (export.py --file_format "
                          f"{want[1:].upper()}), got {args.model_path}")
     inputs = list_input_files(args.dataset_path)
-    engine = None if args.backend == "mindspore" else open_engine(args.backend, args.model_path, threads)
+    engine = None
+    if args.backend != "mindspore":
+        engine = open_engine(args.backend, args.model_path, threads, args.precision)
     if args.image_size:
         shape = (1, 3, args.image_size, args.image_size)
     elif engine is None:
@@ -122,8 +127,8 @@ def main(argv=None):
         raise ValueError(f"{inputs[0]} has {size} bytes, the model input (float32 {'x'.join(map(str, shape))}) "
                          f"takes {expected}: preprocess with the image_size the model was exported for")
     init_context("CPU", args.device_id)
-    logger.info("%s (%s, %d thread(s)): %d inputs of shape %s", args.model_path, args.backend, threads, len(inputs),
-                "x".join(map(str, shape)))
+    logger.info("%s (%s, %d thread(s)): %d inputs of shape %s, in %s", args.model_path, args.backend, threads,
+                len(inputs), "x".join(map(str, shape)), args.precision)
     forward = mindspore_runner(args.model_path, threads) if engine is None else engine_runner(engine)
     mean_ms = run_model(forward, inputs, args.output_dir, shape)
     path = write_latency(args.output_dir, mean_ms, len(inputs))

@@ -1,5 +1,5 @@
 """Features of images the way an index's manifest says to make them: a checkpoint's backbone, its settings, the
-evaluation preprocessing (image size, eval resize) and the extraction backend.
+evaluation preprocessing (image size, eval resize), the extraction backend and its precision.
 
 An index is built through the data pipeline (`embed_list`: src.evaluation.features.list_features, as eval.py);
 queries, from files or from the bytes of an upload, take the same decoding and transform (src.data.decoding,
@@ -28,13 +28,32 @@ def checkpoint_sha256(ckpt_path):
     return file_sha256(ckpt_path)
 
 
-def embedding_settings(cfg, ckpt_path, padding, kernels, backend):
-    """What an index records of how its features were made (the manifest's keys; see src.retrieval.index)."""
-    return {"checkpoint": os.path.abspath(ckpt_path), "checkpoint_sha256": checkpoint_sha256(ckpt_path),
-            "backbone": {"backbone_padding": padding, "pooling": cfg.pooling,
-                         "embedding_size": int(cfg.embedding_size),
-                         "embedding_normalize": bool(cfg.embedding_normalize), "cpu_kernels": kernels},
-            "image_size": int(cfg.image_size), "eval_resize": cfg.eval_resize, "backend": backend}
+def embedding_settings(cfg, ckpt_path, padding, kernels, backend, precision="fp32", calibration=None):
+    """What an index records of how its features were made (the manifest's keys; see src.retrieval.index); an int8
+    index also its calibration (src.deploy.calibration.Calibration.record)."""
+    settings = {"checkpoint": os.path.abspath(ckpt_path), "checkpoint_sha256": checkpoint_sha256(ckpt_path),
+                "backbone": {"backbone_padding": padding, "pooling": cfg.pooling,
+                             "embedding_size": int(cfg.embedding_size),
+                             "embedding_normalize": bool(cfg.embedding_normalize), "cpu_kernels": kernels},
+                "image_size": int(cfg.image_size), "eval_resize": cfg.eval_resize, "backend": backend,
+                "precision": precision}
+    if calibration is not None:
+        settings["calibration"] = calibration.record()
+    return settings
+
+
+def query_settings(manifest, backend=None, precision=None):
+    """An index's settings for embedding queries: its backend and precision, or `backend` / `precision` (checked:
+    int8 needs the calibration of an int8 index)."""
+    from src.deploy.engines import check_backend
+    from src.deploy.quantize import check_precision
+
+    backend = check_backend(backend or manifest["backend"])
+    precision = check_precision(precision or manifest.get("precision", "fp32"), backend)
+    if precision == "int8" and "calibration" not in manifest:
+        raise ValueError("--precision int8 takes the calibration of an index built with --precision int8; this one "
+                         f"was built in {manifest.get('precision', 'fp32')}")
+    return dict(manifest, backend=backend, precision=precision)
 
 
 def checkpoint_for(manifest, ckpt_path=None):
@@ -96,6 +115,7 @@ class Embedder:
 def open_embedder(ckpt_path, settings, threads, device_target="CPU", batch_size=64, num_parallel_workers=2):
     """The Embedder of `settings` (embedding_settings or an index's manifest) on `ckpt_path`: the backbone built,
     the checkpoint loaded strictly, and wrapped in the settings' backend (src.deploy.engines.extraction_engine)."""
+    from src.deploy.calibration import calibration_from_record
     from src.deploy.engines import extraction_engine
     from src.kernels import build as cpu_kernels
     from src.models.checkpoint import load_backbone_checkpoint
@@ -103,6 +123,7 @@ def open_embedder(ckpt_path, settings, threads, device_target="CPU", batch_size=
     from src.runtime.context import init_context, set_cpu_threads
 
     backend = settings["backend"]
+    precision = settings.get("precision", "fp32")
     if backend != "mindspore" and device_target != "CPU":
         raise ValueError(f"--backend {backend} runs on CPU; use --device_target CPU (got {device_target})")
     init_context(device_target)
@@ -115,6 +136,7 @@ def open_embedder(ckpt_path, settings, threads, device_target="CPU", batch_size=
                else cpu_kernels.MINDSPORE)  # an engine exports the backbone: MindSpore's own ops
     backbone = ResNet50(padding, kernels=kernels, **head)
     load_backbone_checkpoint(backbone, ckpt_path)
+    calibration = calibration_from_record(settings["calibration"]) if precision == "int8" else None
     network = extraction_engine(backend, backbone, ckpt_path, settings["image_size"], batch_size, threads,
-                                dict(head, padding=padding))
+                                dict(head, padding=padding), precision, calibration)
     return Embedder(network, settings, batch_size, num_parallel_workers)

@@ -165,7 +165,7 @@ def _label(index, i):
 def calibrate_on_index(index, images, precision, backend, threads, ckpt_path=None, device_target="CPU"):
     """The Calibration of `images` (a labelled ImageList) embedded as the index's images were (its manifest's
     checkpoint, or `ckpt_path` where it moved, on `backend`); warns when some of them are in the index too."""
-    from src.retrieval.embed import checkpoint_for, open_embedder
+    from src.retrieval.embed import checkpoint_for, open_embedder, query_settings
     from src.retrieval.index import hash_files
 
     known = set(index.hashes)
@@ -173,6 +173,6 @@ def calibrate_on_index(index, images, precision, backend, threads, ckpt_path=Non
     if shared:
         logger.warning("%s: %d of its %d images are in the index too; a threshold calibrated on the images it is "
                        "applied to looks better than it is", images.list_file, shared, len(images))
-    settings = dict(index.manifest, backend=backend)
+    settings = query_settings(index.manifest, backend)
     embedder = open_embedder(checkpoint_for(index.manifest, ckpt_path), settings, threads, device_target)
     return calibrate(embedder.embed_list(images), images.ids, precision, images.list_file)

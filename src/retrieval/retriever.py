@@ -48,17 +48,18 @@ class Retriever:
 
     @classmethod
     def open(cls, index_dir, ckpt_path=None, backend=None, ann="auto", threads=None, device_target="CPU",
-             batch_size=64):
+             batch_size=64, precision=None):
         """Load the index at `index_dir` (checked), the checkpoint it was built with (`ckpt_path`: where it is now,
-        if it moved; another checkpoint is refused), its backend (or `backend`) and the searcher `ann` asks for."""
-        from src.deploy.engines import check_backend, check_threads
-        from src.retrieval.embed import checkpoint_for, open_embedder
+        if it moved; another checkpoint is refused), its backend and precision (or `backend`, `precision`) and the
+        searcher `ann` asks for."""
+        from src.deploy.engines import check_threads
+        from src.retrieval.embed import checkpoint_for, open_embedder, query_settings
         from src.retrieval.index import load_index
 
         threads = check_threads(threads)
         index = load_index(index_dir)
         ckpt = checkpoint_for(index.manifest, ckpt_path)
-        settings = dict(index.manifest, backend=check_backend(backend or index.manifest["backend"]))
+        settings = query_settings(index.manifest, backend, precision)
         searcher = index.searcher(ann, threads)
         embedder = open_embedder(ckpt, settings, threads, device_target, batch_size)
         return cls(index, embedder, searcher)

@@ -1,0 +1,139 @@
+"""Numeric precision of CPU inference: float32, bfloat16 or int8, and the int8 ONNX model that runs the last.
+
+    check_precision("int8", "openvino")                  # ValueError for a value or engine that cannot run it
+    quantize_onnx("backbone.onnx", "backbone.int8.onnx", batches)
+    path, how = int8_for_onnx("backbone.onnx", calibration, 32, 224)   # cached next to it
+
+- fp32: the exported model as it is (both engines).
+- bf16: the float32 model, computed by OpenVINO in bfloat16 (INFERENCE_PRECISION_HINT) on CPUs that have it
+  (AVX512_BF16 or AMX); ONNX Runtime's CPU provider has no bfloat16 convolutions, so it is OpenVINO only.
+- int8: post-training static quantization by NNCF (OpenVINO's tool) of the float32 ONNX export, after BatchNorm is
+  folded into the convolutions (ONNX Runtime's quant_pre_process) at opset 13 (per-channel weights), calibrated on
+  training images (src.deploy.calibration). The result is a QDQ ONNX file that both engines run in int8.
+
+The int8 model is cached next to the float32 export it came from, keyed on the calibration (its list's SHA-256 and
+size) and the tool's version, as the float32 export is keyed on its checkpoint.
+"""
+import hashlib
+import json
+import mmap
+import os
+import shutil
+import tempfile
+
+from src.deploy.calibration import Calibration
+from src.runtime.atomic_file import atomic_path
+from src.runtime.log import get_logger
+
+logger = get_logger()
+
+PRECISIONS = ("fp32", "bf16", "int8")
+PRECISION_ENGINES = {"fp32": ("mindspore", "onnxruntime", "openvino"), "bf16": ("openvino",),
+                     "int8": ("onnxruntime", "openvino")}
+OPSET = 13  # per-channel QuantizeLinear / DequantizeLinear
+QUANTIZE_PACKAGES = ("nncf", "onnx", "onnxruntime")
+# An ONNX NodeProto's op_type (field 4, length-delimited) of 14 bytes: the QDQ node every int8 model has.
+_QUANTIZE_NODE = b'"\x0eQuantizeLinear'
+METADATA_KEY = "metric_learn.quantization"
+
+
+def check_precision(precision, backend):
+    """`precision` if `backend` runs it, else ValueError naming --precision (and what to use instead)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if backend not in PRECISION_ENGINES[precision]:
+        engines = " or ".join(PRECISION_ENGINES[precision])
+        why = {"bf16": " (ONNX Runtime's CPU provider has no bfloat16 convolutions)"}.get(precision, "")
+        raise ValueError(f"--precision {precision} runs on --backend {engines}, not {backend}{why}")
+    return precision
+
+
+def is_quantized(model_path):
+    """Whether the ONNX file holds QuantizeLinear nodes (an int8 model), without parsing it."""
+    with open(model_path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        return data.find(_QUANTIZE_NODE) >= 0
+
+
+def check_model_precision(model_path, precision):
+    """ValueError when an int8 file is run as fp32/bf16 or a float file as int8 (they would silently differ)."""
+    quantized = is_quantized(model_path)
+    if precision == "int8" and not quantized:
+        raise ValueError(f"--precision int8: {model_path} is a float32 model; export an int8 one with export.py "
+                         f"--file_format ONNX --quantize int8 --calibration_list LIST")
+    if precision != "int8" and quantized:
+        raise ValueError(f"{model_path} is an int8 model: run it with --precision int8 (got {precision})")
+
+
+def _import_tools():
+    try:
+        import nncf
+        import onnx
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError as err:
+        raise ValueError(f"int8 quantization needs the packages {', '.join(QUANTIZE_PACKAGES)}: pip install "
+                         f"{' '.join(QUANTIZE_PACKAGES)} ({err})") from err
+    return nncf, onnx, quant_pre_process
+
+
+def tool_versions():
+    nncf, onnx, _ = _import_tools()
+    import onnxruntime
+
+    return {"nncf": nncf.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def quantize_onnx(fp32_path, out_path, batches, metadata=None):
+    """Quantize the float32 ONNX model `fp32_path` to int8 with NNCF, calibrated on `batches` (float32 arrays of
+    the model's input shape); write it to `out_path` atomically, with `metadata` (JSON-able) in its
+    metadata_props. Returns out_path."""
+    nncf, onnx, quant_pre_process = _import_tools()
+    from onnx import version_converter
+
+    batches = list(batches)
+    if not batches:
+        raise ValueError("int8 quantization needs at least one calibration batch")
+    work = tempfile.mkdtemp(prefix="metric_learn_int8_")
+    try:
+        model = onnx.load(fp32_path)
+        if model.opset_import[0].version < OPSET:
+            model = version_converter.convert_version(model, OPSET)
+        upgraded, folded = os.path.join(work, "opset.onnx"), os.path.join(work, "folded.onnx")
+        onnx.save(model, upgraded)
+        # BatchNorm folded into the convolutions: each convolution then quantizes as one int8 op.
+        quant_pre_process(upgraded, folded, skip_symbolic_shape=True)
+        model = onnx.load(folded)
+        input_name = model.graph.input[0].name
+        logger.info("int8: calibrating %s on %d batch(es) of %s", fp32_path, len(batches),
+                    "x".join(map(str, batches[0].shape)))
+        quantized = nncf.quantize(model, nncf.Dataset(batches, lambda x: {input_name: x}),
+                                  subset_size=len(batches))
+        entry = quantized.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, json.dumps(dict(metadata or {}, tool=tool_versions()), sort_keys=True)
+        with atomic_path(out_path, suffix=".tmp.onnx") as tmp:
+            onnx.save(quantized, tmp)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out_path
+
+
+def int8_cache_path(fp32_path, calibration):
+    """<float32 export without .onnx>.int8-<key>.onnx, the key 10 hex digits of a hash of the calibration and the
+    tool's version."""
+    key = dict(calibration.key, source=os.path.abspath(fp32_path), tool=tool_versions())
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    stem = fp32_path[:-len(".onnx")] if fp32_path.lower().endswith(".onnx") else fp32_path
+    return f"{stem}.int8-{digest}.onnx"
+
+
+def int8_for_onnx(fp32_path, calibration: Calibration, batch_size, image_size, reuse=True):
+    """The int8 model of the float32 export `fp32_path` (batch_size x 3 x image_size^2), calibrated on
+    `calibration`: the cached file (int8_cache_path) when it is there and reuse, else quantized now.
+    Returns (path, how), how "reused" or "quantized"."""
+    path = int8_cache_path(fp32_path, calibration)
+    if reuse and os.path.isfile(path):
+        logger.info("int8 model: reusing %s (same float32 model and calibration)", path)
+        return path, "reused"
+    batches = calibration.batches(batch_size, image_size)
+    quantize_onnx(fp32_path, path, batches, calibration.key)
+    logger.info("int8 model: quantized to %s", path)
+    return path, "quantized"
