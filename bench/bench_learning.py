@@ -48,14 +48,14 @@ AUGMENT = ["--hflip", "true", "--crop_scale_min", "0.25"]
 RECIPE, RECIPE_EPOCHS, RECIPE_LR = "quadruplet-anchor", 6, "0.03"
 # Stage recipes (train.py options besides data, eval and checkpoints). The softmax one is the demo's with
 # more epochs; fine-tuning at the demo's lr 0.001, constant (the stage configs' schedule), as lr 0.01 lowered
-# Recall@1 on the demo's set (README "Performance").
+# Recall@1 on the demo's set (docs/learning.md).
 STAGES = {
     "bn_only": ("softmax", 1, ["--batch_size", "64", "--lr_init", "0", "--lr_max", "0", "--lr_end", "0"]),
     "softmax": ("softmax", 20, ["--batch_size", "64", "--lr_init", "0.02", "--lr_max", "0.2", "--warmup_epochs", "2",
                                 "--lr_decay_mode", "cosine"]),
     "triplet": ("triplet", 6, ["--batch_size", "60", "--lr_max", "0.001"]),
     "quadruplet": ("quadruplet", 8, ["--batch_size", "60", "--samples_each_class", "5", "--lr_max", "0.001"]),
-    # The fine-tuning recipe (README "Fine-tuning that adds to softmax"): the seed's quadruplet loss with its
+    # The fine-tuning recipe (docs/learning.md "Fine-tuning that adds to softmax"): the seed's quadruplet loss with its
     # hinge per anchor instead of once per batch, at 30x the rate, decayed to 0 along a cosine.
     RECIPE: ("quadruplet", RECIPE_EPOCHS, ["--batch_size", "60", "--samples_each_class", "5", "--mining", "anchor",
                                            "--lr_max", RECIPE_LR, "--lr_end", "0", "--lr_decay_mode", "cosine"]),

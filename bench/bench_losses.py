@@ -49,7 +49,7 @@ LAYOUT = {"quadruplet": ["--samples_each_class", "5"], "multisimilarity": ["--sa
           "npairs": ["--samples_each_class", "2"], "eml": ["--samples_each_class", "2"]}
 # The candidates of each loss, two each: learning rates around its scale (the sum-reduced triplet loss of 20
 # triplets a batch takes about 1/20 of the mean-reduced losses' rate), for the seed's quadruplet its mining at the
-# rate each works at (README "Fine-tuning that adds to softmax": batch mining loses Recall@1 at 0.01).
+# rate each works at (docs/learning.md "Fine-tuning that adds to softmax": batch mining loses Recall@1 at 0.01).
 SEARCH = {
     "softmax": [["--lr_max", "0.01"], ["--lr_max", "0.03"]],
     "triplet": [["--lr_max", "0.0005"], ["--lr_max", "0.0015"]],

@@ -1,6 +1,6 @@
 """What the bench scripts share: the repository's path, child processes and their result lines, timing, the
 machine's label for reports, the demo photo set, and writing reports (atomically, through src.runtime.atomic_file).
-The measured results the READMEs cite are kept in bench/results/."""
+The measured results are kept in bench/results/, which the pages of docs/ link."""
 import json
 import os
 import subprocess

@@ -26,7 +26,7 @@ PY="$REPO/.venv/bin/python"
 # on a normal run; GLOG_v=3 would keep errors only).
 export PYTHONPATH="$REPO" GLOG_v="${GLOG_v:-2}"
 
-# The demo's sizes (README "Quick start" says how they were chosen and what was measured). The photo
+# The demo's sizes (docs/learning.md "How the demo was sized" says how they were chosen). The photo
 # set: 4 x 4 regions ("products") per photo, 3 of them test products, 10 views each, 32 px; the views
 # turn by any angle and half of them are mirrored, so that no product is found by its pixels alone.
 DATA="$OUT/data"
@@ -121,8 +121,8 @@ step "evaluation after softmax pre-training"
 evaluate softmax --ckpt_path "$SOFTMAX_CKPT"
 
 # Quadruplet (the seed's margin sample mining) on P x K batches of 12 products x 5 of their views, with the hinge
-# for every anchor instead of once per batch, the rate decayed to 0 along a cosine (README "Fine-tuning that
-# adds to softmax": the seed's once-per-batch hinge lowers Recall@1 here).
+# for every anchor instead of once per batch, the rate decayed to 0 along a cosine (docs/learning.md
+# "Fine-tuning that adds to softmax": the seed's once-per-batch hinge lowers Recall@1 here).
 train_stage quadruplet quadruplet "$FINETUNE_EPOCHS" "stage 2: quadruplet fine-tuning from $SOFTMAX_CKPT" \
   --ckpt_path "$SOFTMAX_CKPT" --batch_size 60 --samples_each_class 5 --mining anchor --lr_max "$FINETUNE_LR" \
   --lr_end 0 --lr_decay_mode cosine "${AUGMENT[@]}"

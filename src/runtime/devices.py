@@ -13,9 +13,9 @@ import subprocess
 
 PLUGINS = {"GPU": "libmindspore_gpu.so.*", "Ascend": "libmindspore_ascend.so.*"}
 WHAT_TO_INSTALL = {
-    "GPU": "CUDA 11.1 or 11.6 with cuDNN 8 (the CUDA versions its GPU plugins are built for; README "
-           "'Running on GPU')",
-    "Ascend": "the Ascend driver and CANN toolkit, then source CANN's set_env.sh (README 'Running on Ascend')",
+    "GPU": "CUDA 11.1 or 11.6 with cuDNN 8 (the CUDA versions its GPU plugins are built for; docs/devices.md "
+           "'GPU')",
+    "Ascend": "the Ascend driver and CANN toolkit, then source CANN's set_env.sh (docs/devices.md 'Ascend')",
 }
 _UNSUPPORTED = "Unsupported device target"
 _NOT_FOUND = re.compile(r"^\s*(\S+) => not found", re.M)
