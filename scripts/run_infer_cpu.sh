@@ -24,8 +24,6 @@ case "$BACKEND" in
   onnxruntime|openvino) WANT=.onnx ;;
   *) die_usage "BACKEND must be mindspore, onnxruntime or openvino, got '$BACKEND'" ;;
 esac
-[[ "${MODEL_PATH,,}" == *"$WANT" ]] || die_usage "BACKEND=$BACKEND runs a $WANT file, got MODEL_PATH '$MODEL_PATH'"
-[ -z "${THREADS:-}" ] || need_int "$THREADS" THREADS
 PRECISION=${PRECISION:-fp32}
 case "$PRECISION" in
   fp32) ;;
@@ -33,6 +31,8 @@ case "$PRECISION" in
   int8) [ "$BACKEND" != mindspore ] || die_usage "PRECISION=int8 runs on BACKEND=onnxruntime or openvino" ;;
   *) die_usage "PRECISION must be fp32, bf16 or int8, got '$PRECISION'" ;;
 esac
+[[ "${MODEL_PATH,,}" == *"$WANT" ]] || die_usage "BACKEND=$BACKEND runs a $WANT file, got MODEL_PATH '$MODEL_PATH'"
+[ -z "${THREADS:-}" ] || need_int "$THREADS" THREADS
 
 run_step() {  # run_step NAME LOG CMD...: run one step; if it fails, stop here with its exit status
   local name="$1" log="$2" status=0

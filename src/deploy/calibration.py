@@ -96,13 +96,13 @@ def read_calibration(dataset_path, list_name, size=DEFAULT_SIZE, exclude=(), eva
     list_file = list_name if os.path.isfile(list_name) else os.path.join(dataset_path, list_name)
     if not os.path.isfile(list_file):
         raise CalibrationError(f"--calibration_list {list_name} not found (in {dataset_path} or as a path)")
+    tests = [os.path.join(dataset_path, name) for name in test_lists(dataset_path, exclude)]
+    if any(os.path.samefile(test_file, list_file) for test_file in tests):
+        raise CalibrationError(f"--calibration_list {list_file} is a test list: calibrate on training images")
     images = read_image_list(list_file, dataset_path)
     full = [os.path.normpath(images.full_path(i)) for i in range(len(images))]
     where = {path: i for i, path in reversed(list(enumerate(full)))}
-    for name in test_lists(dataset_path, exclude):
-        test_file = os.path.join(dataset_path, name)
-        if os.path.samefile(test_file, list_file):
-            raise CalibrationError(f"--calibration_list {list_file} is a test list: calibrate on training images")
+    for test_file in tests:
         for line, path in listed_images(test_file):
             i = where.get(os.path.normpath(os.path.join(dataset_path, path)))
             if i is not None:
