@@ -42,6 +42,10 @@ within a round, their order reversed every other round. A variant is a base and 
   +openvino          (ms, extraction only) eval.py --backend openvino: the same ONNX file in OpenVINO
                      (both fed by our data pipeline, threads from +threads=N or every core, as eval.py --threads;
                      the export is made before the warm-up batch and not timed)
+  +precision=P       (with an engine) eval.py --precision bf16|int8: int8 calibrated on two batches of the
+                     generated JPEGs (the quantization is not timed)
+The extraction configurations end with a table of precisions: the fastest fp32, bf16 and int8 variant, their
+ratios to each other, to the fastest torch variant and to the CPU's float32 peak (bench/cpu_peak.py).
 Step time = from the batch being handed to the step until its loss is on the host (data waiting
 excluded, as TrainMonitor does); cycle = time between consecutive step ends (data waiting included).
 """
@@ -61,9 +65,11 @@ import time
 import numpy as np
 
 from bench.common import JEMALLOC, measurement_env, print_result, read_result, run_script, write_json, write_report
+from bench.cpu_peak import fp32_peak_gflops, peak_images_per_second
 from bench.synthetic_images import make_jpegs
 from bench.torch_models import torch_resnet50, torch_sgd, torch_triplet_loss
 from src.deploy import engines  # noqa: E402
+from src.deploy.quantize import PRECISIONS
 from src.kernels import build as cpu_kernels  # noqa: E402
 
 NUM_CLASSES = 20
@@ -93,7 +99,8 @@ def parse_variant(name):
     if base not in ("ms", "torch"):
         raise ValueError(f"variant {name!r}: must start with 'ms' or 'torch'")
     spec = {"framework": base, "jemalloc": None, "jit": None, "threads": None, "interop": None, "workers": None,
-            "prefetch": None, "thread_workers": False, "env": {}, "steps": None, "engine": None, "conv": None}
+            "prefetch": None, "thread_workers": False, "env": {}, "steps": None, "engine": None, "conv": None,
+            "precision": "fp32"}
     for mod in mods:
         key, sep, value = mod.partition("=")
         if key in ("jemalloc", "jemalloc-default") and not sep:
@@ -110,12 +117,17 @@ def parse_variant(name):
             spec["thread_workers"] = True
         elif key == "conv" and value in cpu_kernels.IMPLEMENTATIONS and base == "ms":
             spec["conv"] = value
+        elif key == "precision" and value in PRECISIONS and base == "ms":
+            spec["precision"] = value
         elif key == "jit" and value in ("O0", "O1", "O2") and base == "ms":
             spec["jit"] = value
         elif key in ("threads", "interop", "workers", "prefetch", "steps") and value.isdigit():
             spec[key] = int(value)
         else:
             raise ValueError(f"variant {name!r}: unknown or malformed modifier {mod!r} (see --help)")
+    if spec["precision"] != "fp32" and not spec["engine"]:
+        raise ValueError(f"variant {name!r}: +precision={spec['precision']} needs an engine (+onnxruntime or "
+                         f"+openvino)")
     return spec
 
 
@@ -248,6 +260,7 @@ def run_ms_eval(job):
     import mindspore.dataset as mds
 
     from src.data.dataset import create_dataset
+    from src.deploy.calibration import read_calibration
     from src.deploy.engines import check_threads, extraction_engine
     from src.evaluation import features
     from src.models.resnet import ResNet50
@@ -267,7 +280,16 @@ def run_ms_eval(job):
     kernels = "mindspore" if spec["engine"] else cpu_kernels.resolve(spec["conv"] or cfg.cpu_kernels, "CPU", threads)
     backbone = ResNet50(kernels=kernels)
     if spec["engine"]:
-        backbone = extraction_engine(spec["engine"], backbone, None, size, batch, threads)
+        calibration = None
+        if spec["precision"] == "int8":
+            name = write_list(job["data_dir"], f"calibration_{os.getpid()}.txt", 2 * batch, job["pool"])
+            calibration = read_calibration(job["data_dir"], name, 2 * batch, eval_resize=cfg.eval_resize)
+        try:
+            backbone = extraction_engine(spec["engine"], backbone, None, size, batch, threads,
+                                         precision=spec["precision"], calibration=calibration)
+        finally:
+            if calibration is not None:
+                os.remove(calibration.list_file)
     lists = {}
     for what, count in (("warmup", batch), ("timed", steps * batch)):
         lists[what] = write_list(job["data_dir"], f"eval_{what}_{os.getpid()}.txt", count, job["pool"])
@@ -526,6 +548,44 @@ def format_tables(summary, variants):
     return "\n\n".join(out)
 
 
+def _fastest(per_variant, names):
+    """(median images/s, name) of the fastest of `names` in a configuration's summary; (None, None) if none ran."""
+    speeds = [(s["batch"] / s["median_s"], v) for v, s in per_variant.items() if v in names]
+    return max(speeds) if speeds else (None, None)
+
+
+def precision_table(summary, variants):
+    """Per extraction configuration: the fastest fp32, bf16 and int8 variant (median images/s), and their ratios to
+    the fastest fp32 one, to the fastest torch one and to the CPU's float32 peak ("" if nothing is in precision)."""
+    by_precision = {p: [v for v in variants if v.startswith("ms") and parse_variant(v)["precision"] == p]
+                    for p in PRECISIONS}
+    if not by_precision["bf16"] and not by_precision["int8"]:
+        return ""
+    gflops, how = fp32_peak_gflops()
+    lines = ["Precision: the fastest variant of each (median images/s) and its ratio to the fastest fp32 variant, to "
+             f"the fastest torch variant and to the CPU's float32 peak ({how} = {gflops} GFLOP/s, over "
+             "2 x bench/cpu_peak.resnet50_macs FLOPs per image).", "",
+             "| configuration | precision | fastest variant | images/s | / fastest fp32 | / fastest torch | "
+             "/ fp32 peak |", "|---|---|---|---|---|---|---|"]
+    for per_variant in summary.values():
+        first = next(iter(per_variant.values()), None)
+        if first is None or first["kind"] != "eval":
+            continue
+        batch, size = first["batch"], first["image_size"]
+
+        fp32 = _fastest(per_variant, by_precision["fp32"])[0]
+        torch = _fastest(per_variant, [v for v in variants if v.startswith("torch")])[0]
+        peak = peak_images_per_second(size)
+        for precision in PRECISIONS:
+            speed, name = _fastest(per_variant, by_precision[precision])
+            if speed is None:
+                continue
+            ratios = [f"{speed / ref:.2f}" if ref else "—" for ref in (fp32, torch, peak)]
+            lines.append(f"| extract {size}², batch {batch} | {precision} | {name} | {speed:.1f} | "
+                         + " | ".join(ratios) + " |")
+    return "\n".join(lines)
+
+
 def wait_for_quiet(threshold, max_wait):
     """Poll the 1-minute load until it is below `threshold` or `max_wait` seconds passed; returns the load."""
     deadline = time.monotonic() + max_wait
@@ -621,7 +681,11 @@ def main(argv=None):
 
 def report(results, configs, variants, notes, markdown=None):
     """Print (and write to `markdown`) the tables of `results`, with `notes` below them."""
-    text = format_tables(summarize(results, configs, variants), variants)
+    summary = summarize(results, configs, variants)
+    text = format_tables(summary, variants)
+    precisions = precision_table(summary, variants)
+    if precisions:
+        text += "\n\n" + precisions
     text += "\n\nRatios: time per step (extraction: per image) of ours / the fastest torch variant on the same " \
             "metric; below 1 means ours is faster.\n" + "\n".join(notes)
     print(text)

@@ -102,3 +102,26 @@ def test_custom_kernels_are_named_by_their_cell():
                                                  "Custom-op9") == "Custom:CpuBatchNorm2d")
     assert profile_ops.custom_op_kind("ReLU", f"{root}/relu-ReLU/ReLU-op3") == "ReLU"
     assert profile_ops.custom_op_kind("Custom", "Default/Custom-op0") == "Custom:?"  # the fused momentum update
+
+
+def test_the_precision_table_compares_the_fastest_of_each_precision(monkeypatch):
+    assert bench_train.parse_variant("ms+openvino+precision=int8")["precision"] == "int8"
+    with pytest.raises(ValueError, match=r"\+precision=bf16 needs an engine"):
+        bench_train.parse_variant("ms+precision=bf16")
+    monkeypatch.setattr(bench_train, "fp32_peak_gflops", lambda: (100.0, "a made-up CPU"))
+    monkeypatch.setattr(bench_train, "peak_images_per_second", lambda size: 40.0)
+    results = [{"variant": v, "config": "eval224b32", "image_size": 224, "batch": 32, "cycle_times": [t, t],
+                "cpu_times": [t, t], "images": 64, "total_s": 2 * t}
+               for v, t in (("ms", 3.2), ("ms+openvino", 1.6), ("ms+onnxruntime", 2.0),
+                            ("ms+openvino+precision=bf16", 0.8), ("ms+openvino+precision=int8", 0.4),
+                            ("ms+onnxruntime+precision=int8", 0.5), ("torch", 1.28))]
+    variants = [r["variant"] for r in results]
+    table = bench_train.precision_table(bench_train.summarize(results, ["eval224b32"], variants), variants)
+    rows = [line for line in table.splitlines() if line.startswith("| extract")]
+    # fastest fp32: openvino, 20 img/s; torch 25 img/s; peak 40 img/s
+    assert rows == ["| extract 224², batch 32 | fp32 | ms+openvino | 20.0 | 1.00 | 0.80 | 0.50 |",
+                    "| extract 224², batch 32 | bf16 | ms+openvino+precision=bf16 | 40.0 | 2.00 | 1.60 | 1.00 |",
+                    "| extract 224², batch 32 | int8 | ms+openvino+precision=int8 | 80.0 | 4.00 | 3.20 | 2.00 |"]
+    assert "a made-up CPU = 100.0 GFLOP/s" in table
+    assert bench_train.precision_table(bench_train.summarize(results[:3], ["eval224b32"], variants[:3]),
+                                       variants[:3]) == ""
