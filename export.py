@@ -7,7 +7,7 @@ import tempfile
 
 from src.deploy.calibration import add_calibration_arguments, read_calibration
 from src.deploy.export import EXPORT_FORMATS, build_feature_net, check_export_format, export_file_path, export_network
-from src.deploy.quantize import quantize_onnx
+from src.deploy.quantize import TOOLS, quantize_onnx
 from src.losses.registry import LOSS_NAMES
 from src.models.resnet import head_options
 from src.runtime.cli import add_common_arguments, load_stage_config, make_parser, parse_with_overrides, run
@@ -31,7 +31,10 @@ def parse_args(argv=None):
                         help="batch of the exported input (not the config's training batch_size)")
     parser.add_argument("--l2_normalize", action="store_true", help="append x / sqrt(sum(x^2) + eps) to the output")
     parser.add_argument("--quantize", default=None, choices=("int8",),
-                        help="ONNX only: quantize after training (NNCF), calibrated on --calibration_list")
+                        help="ONNX only: quantize after training, calibrated on --calibration_list")
+    parser.add_argument("--backend", default="openvino", choices=tuple(TOOLS),
+                        help="--quantize: the engine the int8 model is for, whose own tool quantizes it (openvino: "
+                             "NNCF; onnxruntime: onnxruntime.quantization); either engine runs either file")
     parser.add_argument("--dataset_path", default=None, help="int8: the folder the calibration list is in")
     add_calibration_arguments(parser)
     parser.add_argument("--loss_name", default="triplet", choices=LOSS_NAMES,
@@ -61,11 +64,11 @@ def main(argv=None):
         with tempfile.TemporaryDirectory(prefix="metric_learn_export_") as work:
             fp32 = export_network(net, os.path.join(work, "fp32"), "ONNX", args.batch_size, cfg.image_size)
             path = quantize_onnx(fp32, os.path.abspath(export_file_path(file_name, "ONNX")),
-                                 calibration.batches(args.batch_size, cfg.image_size), calibration.key)
+                                 calibration.batches(args.batch_size, cfg.image_size), calibration.key, args.backend)
     shape = f"{args.batch_size}x3x{cfg.image_size}x{cfg.image_size}"
     output = "L2-normalised feature" if args.l2_normalize else "feature"
-    what = f"{args.file_format} int8 (calibrated on {len(calibration.paths)} images of {calibration.list_file})" \
-        if calibration else args.file_format
+    what = f"{args.file_format} int8 ({args.backend}'s tool, calibrated on {len(calibration.paths)} images of " \
+        f"{calibration.list_file})" if calibration else args.file_format
     logger.info("exported %s (input float32 %s, output %s (%d, %d)) from %s",
                 what, shape, output, args.batch_size, net.backbone.out_dim, args.ckpt_file)
     print(f"exported: {path}")

@@ -259,14 +259,14 @@ def _load_error(err):
     return f"{type(err).__name__}: {lines[-1]}" if lines else type(err).__name__
 
 
-def _model_file(backbone, ckpt_path, image_size, batch_size, settings, calibration, reuse=True):
-    """(path, how) of the file the engine runs: the float32 export (onnx_for_checkpoint), or with a `calibration`
-    its int8 model beside it (int8_for_onnx; how "reused" when that file was)."""
+def _model_file(backend, backbone, ckpt_path, image_size, batch_size, settings, calibration, reuse=True):
+    """(path, how) of the file `backend` runs: the float32 export (onnx_for_checkpoint), or with a `calibration`
+    its int8 model by the engine's own tool beside it (int8_for_onnx; how "reused" when that file was)."""
     path, how = onnx_for_checkpoint(backbone, ckpt_path, image_size, batch_size, settings, reuse)
     if calibration is None:
         return path, how
     try:
-        int8_path, int8_how = int8_for_onnx(path, calibration, batch_size, image_size, reuse)
+        int8_path, int8_how = int8_for_onnx(path, calibration, batch_size, image_size, backend, reuse)
     except BaseException:
         if how == "temporary":
             shutil.rmtree(os.path.dirname(path), ignore_errors=True)
@@ -278,7 +278,8 @@ def extraction_engine(backend, backbone, ckpt_path, image_size, batch_size, thre
                       precision="fp32", calibration=None):
     """What extracts features for `backend`: `backbone` itself for mindspore, else the engine on its ONNX export
     (onnx_for_checkpoint: cached next to `ckpt_path`) in `precision`; int8 needs `calibration`
-    (src.deploy.calibration.read_calibration) and runs the export's int8 model (cached beside it).
+    (src.deploy.calibration.read_calibration) and runs the export's int8 model by the engine's own quantizer
+    (cached beside it).
 
     A cached model that does not load in the engine (a damaged file) is made again, with a warning naming it; a
     model that does not load right after it was written is a ModelLoadError naming the file.
@@ -292,7 +293,7 @@ def extraction_engine(backend, backbone, ckpt_path, image_size, batch_size, thre
     if precision == "bf16":
         check_bf16_cpu()
     calibration = calibration if precision == "int8" else None
-    path, how = _model_file(backbone, ckpt_path, image_size, batch_size, settings, calibration)
+    path, how = _model_file(backend, backbone, ckpt_path, image_size, batch_size, settings, calibration)
     engine = None
     if how == "reused":
         try:
@@ -300,7 +301,8 @@ def extraction_engine(backend, backbone, ckpt_path, image_size, batch_size, thre
         except Exception as err:  # whatever the engine makes of a damaged file: export it again
             logger.warning("ONNX model: the cached %s does not load in %s (%s); exporting it again", path, backend,
                            _load_error(err))
-            path, how = _model_file(backbone, ckpt_path, image_size, batch_size, settings, calibration, reuse=False)
+            path, how = _model_file(backend, backbone, ckpt_path, image_size, batch_size, settings, calibration,
+                                    reuse=False)
     if engine is None:
         try:
             engine = open_engine(backend, path, threads, precision)

@@ -112,20 +112,22 @@ def test_every_precision_prints_the_metric_lines(evaluations):
 
 
 @pytest.mark.slow
-def test_the_int8_model_is_cached_beside_the_checkpoint_keyed_on_its_calibration(evaluations, photos):
+def test_each_engines_int8_model_is_cached_beside_the_checkpoint_keyed_on_its_calibration(evaluations, photos):
     folder = os.path.dirname(photos["ckpt"])
-    int8 = sorted(name for name in os.listdir(folder) if ".int8-" in name)
-    assert len(int8) == 1 and int8[0].startswith(f"untrained.ckpt.{SIZE}px-b{BATCH}-"), int8
-    assert "int8 model: quantized to" in evaluations["openvino", "int8"]["log"]
-    assert f"int8 model: reusing {os.path.join(folder, int8[0])}" in evaluations["onnxruntime", "int8"]["log"]
-    assert quantize.is_quantized(os.path.join(folder, int8[0]))
+    for backend in ("openvino", "onnxruntime"):  # each engine's own quantizer
+        int8 = [name for name in os.listdir(folder) if f".int8-{backend}-" in name]
+        assert len(int8) == 1 and int8[0].startswith(f"untrained.ckpt.{SIZE}px-b{BATCH}-"), int8
+        assert f"int8 model: quantized to {os.path.join(folder, int8[0])}" in evaluations[backend, "int8"]["log"]
+        assert quantize.is_quantized(os.path.join(folder, int8[0]))
     float32 = [name for name in os.listdir(folder) if name.endswith(".onnx") and ".int8-" not in name]
     assert len(float32) == 1 and not quantize.is_quantized(os.path.join(folder, float32[0]))
+    log = run(eval_args(photos, "--backend", "onnxruntime", "--precision", "int8", *CALIBRATION))
+    assert "int8 model: reusing" in log and "int8 model: quantized" not in log
     # another calibration: another file, the first one kept
     log = run(eval_args(photos, "--backend", "onnxruntime", "--precision", "int8", "--calibration_list", "train.txt",
                         "--calibration_size", "16"))
     assert "int8 model: quantized to" in log
-    assert len([name for name in os.listdir(folder) if ".int8-" in name]) == 2
+    assert len([name for name in os.listdir(folder) if ".int8-onnxruntime-" in name]) == 2
 
 
 @pytest.mark.slow
@@ -281,7 +283,7 @@ def test_an_int8_index_searches_in_int8_and_an_fp32_one_refuses_int8(photos, tmp
         first = f.readline().split()[0]
     log = run(retrieve + ["search", "--index_dir", index, os.path.join(photos["data"], first), "--top_k", "1",
                           "--threads", "2"])
-    assert re.search(r"features by openvino on \S+\.int8-\w+\.onnx, 2 thread\(s\), int8$", log, re.M), log
+    assert re.search(r"features by openvino on \S+\.int8-openvino-\w+\.onnx, 2 thread\(s\), int8$", log, re.M), log
     assert re.search(rf"^\s+1\s+1\.0000\s+{re.escape(first)}", log, re.M), log  # the indexed image finds itself
     fp32_index = str(tmp_path / "fp32")
     run(retrieve + ["index", "--ckpt_path", photos["ckpt"], "--list", "test.txt", "--dataset_path", photos["data"],
