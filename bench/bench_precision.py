@@ -131,7 +131,8 @@ def main(argv=None):
     parser.add_argument("--variants", nargs="+", type=parse_variant, metavar="ENGINE:PRECISION",
                         default=[parse_variant(v) for v in DEFAULT_VARIANTS])
     parser.add_argument("--title", default=None, help="the table's heading")
-    parser.add_argument("--markdown", default=None, help="write the table here")
+    parser.add_argument("--markdown", default=None,
+                        help="write the table here, in place of the file's section of the same --title")
     parser.add_argument("--quick", action="store_true", help="a tiny photo set, an untrained backbone, 64 px")
     args = parser.parse_args(argv)
     work = tempfile.mkdtemp(prefix="bench_precision_")
@@ -151,8 +152,20 @@ def main(argv=None):
                         re.sub(r"\s+", " ", command).strip())
     print(text)
     if args.markdown:
-        common.write_report(args.markdown, text)
+        common.write_report(args.markdown, merge_section(args.markdown, text))
     return 0
+
+
+def merge_section(path, section):
+    """The text of `path` (a file of "### title" sections) with `section` in place of the one of its title, or after
+    the others: one file keeps a table per model."""
+    if not os.path.isfile(path):
+        return section
+    with open(path, encoding="utf-8") as f:
+        sections = ["### " + part.strip() for part in re.split(r"^### ", f.read(), flags=re.M) if part.strip()]
+    title = section.splitlines()[0]
+    kept = [part if part.splitlines()[0] != title else section for part in sections]
+    return "\n\n".join(kept if section in kept else kept + [section])
 
 
 if __name__ == "__main__":

@@ -42,3 +42,12 @@ def test_a_variant_is_engine_colon_precision():
     for bad in ("onnxruntime-int8", "mindspore:fp32", "openvino:fp16"):
         with pytest.raises(Exception, match="a variant is ENGINE:PRECISION"):
             bench_precision.parse_variant(bad)
+
+
+def test_a_report_keeps_one_section_per_title(tmp_path):
+    path = tmp_path / "r.md"
+    assert bench_precision.merge_section(str(path), "### a\n\nfirst") == "### a\n\nfirst"
+    path.write_text("### a\n\nfirst\n\n### b\n\nsecond\n")
+    assert bench_precision.merge_section(str(path), "### a\n\nnew") == "### a\n\nnew\n\n### b\n\nsecond"
+    assert bench_precision.merge_section(str(path), "### c\n\nthird") == \
+        "### a\n\nfirst\n\n### b\n\nsecond\n\n### c\n\nthird"

@@ -266,7 +266,7 @@ def _model_file(backend, backbone, ckpt_path, image_size, batch_size, settings, 
     if calibration is None:
         return path, how
     try:
-        int8_path, int8_how = int8_for_onnx(path, calibration, batch_size, image_size, backend, reuse)
+        int8_path, int8_how = int8_for_onnx(path, calibration, image_size, backend, reuse)
     except BaseException:
         if how == "temporary":
             shutil.rmtree(os.path.dirname(path), ignore_errors=True)

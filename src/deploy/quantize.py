@@ -2,7 +2,7 @@
 
     check_precision("int8", "openvino")                  # ValueError for a value or engine that cannot run it
     quantize_onnx("backbone.onnx", "backbone.int8.onnx", batches, tool="openvino")          # NNCF
-    path, how = int8_for_onnx("backbone.onnx", calibration, 32, 224, "onnxruntime")   # cached next to it
+    path, how = int8_for_onnx("backbone.onnx", calibration, 224, "onnxruntime")   # cached next to it
 
 - fp32: the exported model as it is (both engines).
 - bf16: the float32 model, computed by OpenVINO in bfloat16 (INFERENCE_PRECISION_HINT) on CPUs that have it
@@ -38,6 +38,8 @@ TOOLS = {"openvino": ("nncf", "onnx", "onnxruntime"), "onnxruntime": ("onnx", "o
 # An ONNX NodeProto's op_type (field 4, length-delimited) of 14 bytes: the QDQ node every int8 model has.
 _QUANTIZE_NODE = b'"\x0eQuantizeLinear'
 METADATA_KEY = "metric_learn.quantization"
+# Images per calibration batch: the tools hold every activation of a batch at once (about 7 GB at 224 px, 32 images).
+CALIBRATION_BATCH = 8
 
 
 def check_precision(precision, backend):
@@ -116,9 +118,25 @@ def _quantize(tool, folded_path, out_path, batches, input_name):
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
 
 
+def _set_batch(model, batch):
+    """Set the batch dimension of an ONNX model's input and output to `batch` (an int, or a name: any batch) and
+    drop its inferred shapes; returns the input's batch before. Our exports hold no other batch-sized shape."""
+    before = model.graph.input[0].type.tensor_type.shape.dim[0]
+    before = before.dim_value or before.dim_param
+    for value in list(model.graph.input) + list(model.graph.output):
+        dim = value.type.tensor_type.shape.dim[0]
+        if isinstance(batch, int):
+            dim.dim_value = batch
+        else:
+            dim.dim_param = batch
+    del model.graph.value_info[:]
+    return before
+
+
 def quantize_onnx(fp32_path, out_path, batches, metadata=None, tool="openvino"):
     """Quantize the float32 ONNX model `fp32_path` to int8 with the tool of the engine `tool` (openvino: NNCF;
-    onnxruntime: onnxruntime.quantization), calibrated on `batches` (float32 arrays of the model's input shape);
+    onnxruntime: onnxruntime.quantization), calibrated on `batches` (float32 (n, 3, S, S) arrays, any n: the model
+    is calibrated with its batch dimension free, then fixed again);
     write it to `out_path` atomically, with `metadata` (JSON-able) and the tool in its metadata_props. Returns
     out_path."""
     onnx, _ = _import(("onnx", "onnxruntime"))
@@ -134,6 +152,7 @@ def quantize_onnx(fp32_path, out_path, batches, metadata=None, tool="openvino"):
         model = onnx.load(fp32_path)
         if model.opset_import[0].version < OPSET:
             model = version_converter.convert_version(model, OPSET)
+        batch = _set_batch(model, "N")  # calibrated in small batches: a full batch's activations take gigabytes
         upgraded, folded = os.path.join(work, "opset.onnx"), os.path.join(work, "folded.onnx")
         quantized = os.path.join(work, "int8.onnx")
         onnx.save(model, upgraded)
@@ -144,6 +163,7 @@ def quantize_onnx(fp32_path, out_path, batches, metadata=None, tool="openvino"):
                     "x".join(map(str, batches[0].shape)), tool)
         _quantize(tool, folded, quantized, batches, input_name)
         model = onnx.load(quantized)
+        _set_batch(model, batch)
         entry = model.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, json.dumps(dict(metadata or {}, tool=versions), sort_keys=True)
         with atomic_path(out_path, suffix=".tmp.onnx") as tmp:
@@ -156,21 +176,22 @@ def quantize_onnx(fp32_path, out_path, batches, metadata=None, tool="openvino"):
 def int8_cache_path(fp32_path, calibration, tool):
     """<float32 export without .onnx>.int8-<tool>-<key>.onnx, the key 10 hex digits of a hash of the calibration
     and the tool's versions."""
-    key = dict(calibration.key, source=os.path.abspath(fp32_path), tool=tool_versions(tool))
+    key = dict(calibration.key, source=os.path.abspath(fp32_path), tool=tool_versions(tool),
+               calibration_batch=CALIBRATION_BATCH)
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     stem = fp32_path[:-len(".onnx")] if fp32_path.lower().endswith(".onnx") else fp32_path
     return f"{stem}.int8-{tool}-{digest}.onnx"
 
 
-def int8_for_onnx(fp32_path, calibration: Calibration, batch_size, image_size, tool, reuse=True):
-    """The int8 model of the float32 export `fp32_path` (batch_size x 3 x image_size^2) made by the engine `tool`'s
+def int8_for_onnx(fp32_path, calibration: Calibration, image_size, tool, reuse=True):
+    """The int8 model of the float32 export `fp32_path` (input N x 3 x image_size^2, N kept) made by the engine `tool`'s
     quantizer, calibrated on `calibration`: the cached file (int8_cache_path) when it is there and reuse, else
     quantized now. Returns (path, how), how "reused" or "quantized"."""
     path = int8_cache_path(fp32_path, calibration, tool)
     if reuse and os.path.isfile(path):
         logger.info("int8 model: reusing %s (same float32 model and calibration)", path)
         return path, "reused"
-    batches = calibration.batches(batch_size, image_size)
+    batches = calibration.batches(CALIBRATION_BATCH, image_size)
     quantize_onnx(fp32_path, path, batches, calibration.key, tool)
     logger.info("int8 model: quantized to %s", path)
     return path, "quantized"
