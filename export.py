@@ -7,7 +7,7 @@ import tempfile
 
 from src.deploy.calibration import add_calibration_arguments, read_calibration
 from src.deploy.export import EXPORT_FORMATS, build_feature_net, check_export_format, export_file_path, export_network
-from src.deploy.quantize import CALIBRATION_BATCH, TOOLS, quantize_onnx
+from src.deploy.quantize import TOOLS, calibration_batch, quantize_onnx
 from src.losses.registry import LOSS_NAMES
 from src.models.resnet import head_options
 from src.runtime.cli import add_common_arguments, load_stage_config, make_parser, parse_with_overrides, run
@@ -63,8 +63,9 @@ def main(argv=None):
     else:
         with tempfile.TemporaryDirectory(prefix="metric_learn_export_") as work:
             fp32 = export_network(net, os.path.join(work, "fp32"), "ONNX", args.batch_size, cfg.image_size)
-            path = quantize_onnx(fp32, os.path.abspath(export_file_path(file_name, "ONNX")),
-                                 calibration.batches(CALIBRATION_BATCH, cfg.image_size), calibration.key, args.backend)
+            batches = calibration.batches(calibration_batch(cfg.image_size), cfg.image_size)
+            path = quantize_onnx(fp32, os.path.abspath(export_file_path(file_name, "ONNX")), batches,
+                                 calibration.key, args.backend)
     shape = f"{args.batch_size}x3x{cfg.image_size}x{cfg.image_size}"
     output = "L2-normalised feature" if args.l2_normalize else "feature"
     what = f"{args.file_format} int8 ({args.backend}'s tool, calibrated on {len(calibration.paths)} images of " \
