@@ -121,9 +121,7 @@ def test_each_engines_int8_model_is_cached_beside_the_checkpoint_keyed_on_its_ca
         assert quantize.is_quantized(os.path.join(folder, int8[0]))
     float32 = [name for name in os.listdir(folder) if name.endswith(".onnx") and ".int8-" not in name]
     assert len(float32) == 1 and not quantize.is_quantized(os.path.join(folder, float32[0]))
-    log = run(eval_args(photos, "--backend", "onnxruntime", "--precision", "int8", *CALIBRATION))
-    assert "int8 model: reusing" in log and "int8 model: quantized" not in log
-    # another calibration: another file, the first one kept
+    # (reuse: tested by the index's search below) another calibration: another file, the first one kept
     log = run(eval_args(photos, "--backend", "onnxruntime", "--precision", "int8", "--calibration_list", "train.txt",
                         "--calibration_size", "16"))
     assert "int8 model: quantized to" in log
@@ -143,9 +141,9 @@ def test_export_quantizes_and_the_cpu_chain_runs_it_in_int8(photos, tmp_path):
     assert re.search(r"^R@1: [0-9.]+ ", log, re.M), log
     assert f"114 inputs of shape 1x3x{SIZE}x{SIZE}, in int8" in (tmp_path / "infer.log").read_text()
     # the int8 file run as float32 would silently be int8: refused
-    os.makedirs(tmp_path / "as_fp32")
-    log = run(["bash", chain, str(model), photos["data"], "--eval_list", "test.txt", "--image_size", str(SIZE)],
-              cwd=tmp_path / "as_fp32", env={"BACKEND": "onnxruntime"}, expect=1)
+    log = run([sys.executable, "-m", "src.deploy.infer_cpu", "--backend", "onnxruntime", "--model_path", str(model),
+               "--dataset_path", str(tmp_path / "preprocess_Result" / "img_data"), "--output_dir",
+               str(tmp_path / "as_fp32")], expect=1)
     assert "is an int8 model: run it with --precision int8 (got fp32)" in log
 
 
@@ -157,17 +155,9 @@ def test_export_quantizes_and_the_cpu_chain_runs_it_in_int8(photos, tmp_path):
                                                        "got 'fp16'"),
     (["--backend", "openvino", "--precision", "int8"], "CalibrationError: --precision int8 needs --calibration_list: "
                                                        "a list of training images to calibrate on"),
-    (["--backend", "mindspore", "--precision", "int8"], "ValueError: --precision int8 runs on --backend onnxruntime "
-                                                        "or openvino, not mindspore"),
-    (["--backend", "onnxruntime", "--precision", "bf16"], "ValueError: --precision bf16 runs on --backend openvino, "
-                                                          "not onnxruntime"),
-    (["--backend", "openvino", "--precision", "int8", "--calibration_list", "test_half.txt"],
-     r"CalibrationError: --calibration_list \S+/test_half.txt is a test list: calibrate on training images"),
     (["--backend", "openvino", "--precision", "int8", "--calibration_list", "mixed.txt"],
      r"CalibrationError: --calibration_list \S+/mixed.txt:4: \S+ is a test image \(\S+/Ebay_test.txt:\d+\): "
      r"calibrate on training images"),
-    (["--backend", "openvino", "--precision", "int8", "--calibration_list", "train.txt", "--calibration_size", "0"],
-     "CalibrationError: --calibration_size must be >= 1, got 0"),
 ])
 def test_bad_precision_requests_are_one_line_errors(photos, args, message):
     log = run(eval_args(photos, *args), expect=1)
@@ -226,6 +216,12 @@ def test_the_calibration_draws_a_fixed_sample_and_refuses_test_images(tmp_path):
     with pytest.raises(calib.CalibrationError, match=r"train.txt:1: a/0.jpg is a test image \(\S+holdout.txt:1\)"):
         calib.read_calibration(str(tmp_path), "train.txt", exclude=("holdout.txt",))
     assert calib.test_lists(str(tmp_path), ("holdout.txt", "absent.txt")) == ["Ebay_test.txt", "holdout.txt"]
+    with pytest.raises(calib.CalibrationError, match=r"--calibration_list \S+Ebay_test.txt is a test list"):
+        calib.read_calibration(str(tmp_path), "Ebay_test.txt")
+    with pytest.raises(calib.CalibrationError, match="--calibration_size must be >= 1, got 0"):
+        calib.read_calibration(str(tmp_path), "train.txt", size=0)
+    with pytest.raises(calib.CalibrationError, match="--quantize int8 needs --calibration_list"):
+        calib.read_calibration(str(tmp_path), None, what="--quantize int8")
 
 
 def test_a_calibration_record_is_read_again_and_refused_once_its_list_changed(tmp_path):
@@ -261,6 +257,8 @@ def test_calibration_batches_are_full_and_preprocessed_as_evaluation(tmp_path):
 
 def test_check_precision_names_the_engines_that_run_it():
     assert quantize.check_precision("int8", "openvino") == "int8"
+    with pytest.raises(ValueError, match="--precision int8 runs on --backend onnxruntime or openvino, not mindspore"):
+        quantize.check_precision("int8", "mindspore")
     with pytest.raises(ValueError, match="--precision bf16 runs on --backend openvino, not onnxruntime"):
         quantize.check_precision("bf16", "onnxruntime")
     with pytest.raises(ValueError, match="--precision must be one of fp32, bf16, int8, got 'int4'"):
@@ -268,7 +266,7 @@ def test_check_precision_names_the_engines_that_run_it():
 
 
 @pytest.mark.slow
-def test_an_int8_index_searches_in_int8_and_an_fp32_one_refuses_int8(photos, tmp_path):
+def test_an_int8_index_searches_in_int8_with_the_cached_model(photos, tmp_path):
     retrieve = [sys.executable, os.path.join(ROOT, "retrieve.py")]
     index = str(tmp_path / "index")
     run(retrieve + ["index", "--ckpt_path", photos["ckpt"], "--list", "test.txt", "--dataset_path", photos["data"],
@@ -284,12 +282,19 @@ def test_an_int8_index_searches_in_int8_and_an_fp32_one_refuses_int8(photos, tmp
     log = run(retrieve + ["search", "--index_dir", index, os.path.join(photos["data"], first), "--top_k", "1",
                           "--threads", "2"])
     assert re.search(r"features by openvino on \S+\.int8-openvino-\w+\.onnx, 2 thread\(s\), int8$", log, re.M), log
+    assert "int8 model: reusing" in log and "int8 model: quantized" not in log  # the index build's
     assert re.search(rf"^\s+1\s+1\.0000\s+{re.escape(first)}", log, re.M), log  # the indexed image finds itself
-    fp32_index = str(tmp_path / "fp32")
-    run(retrieve + ["index", "--ckpt_path", photos["ckpt"], "--list", "test.txt", "--dataset_path", photos["data"],
-                    "--index_dir", fp32_index, "--image_size", str(SIZE), "--backend", "onnxruntime",
-                    "--threads", "2", "--num_parallel_workers", "1"])
-    log = run(retrieve + ["search", "--index_dir", fp32_index, os.path.join(photos["data"], first),
-                          "--precision", "int8"], expect=1)
-    assert last_line(log).endswith("ValueError: --precision int8 takes the calibration of an index built with "
-                                   "--precision int8; this one was built in fp32"), log
+
+
+def test_queries_take_the_index_precision_and_int8_only_from_an_int8_index():
+    from src.retrieval.embed import query_settings
+
+    manifest = {"backend": "openvino", "precision": "int8", "calibration": {"list": "train.txt"}}
+    assert query_settings(manifest)["precision"] == "int8"
+    assert query_settings(manifest, precision="bf16")["precision"] == "bf16"
+    assert query_settings({"backend": "onnxruntime"})["precision"] == "fp32"  # an index from before precisions
+    with pytest.raises(ValueError, match="--precision int8 takes the calibration of an index built with --precision "
+                                         "int8; this one was built in fp32"):
+        query_settings({"backend": "onnxruntime", "precision": "fp32"}, precision="int8")
+    with pytest.raises(ValueError, match="--precision bf16 runs on --backend openvino, not onnxruntime"):
+        query_settings(manifest, backend="onnxruntime", precision="bf16")
