@@ -4,7 +4,6 @@ the checkpoint keyed on its calibration, and bad requests are one-line errors.""
 import json
 import os
 import re
-import subprocess
 import sys
 
 import numpy as np
@@ -14,6 +13,7 @@ from src.data.demo_photos import make_photo_dataset
 from src.data.sop_lists import prepare_lists
 from src.deploy import calibration as calib
 from src.deploy import quantize
+from tests.deploy.test_engines import run
 from tests.paths import ROOT
 
 # 64 px: the last stage's maps are 2 x 2. At 32 px they are 1 x 1 and each feature is one int8 activation, whose
@@ -21,14 +21,6 @@ from tests.paths import ROOT
 SIZE = 64
 BATCH = 16
 CALIBRATION = ["--calibration_list", "train.txt", "--calibration_size", "48"]
-
-
-def run(args, cwd=None, expect=0, env=None):
-    env = dict(os.environ, GLOG_v="3", PYTHONPATH=ROOT, PYTHONUNBUFFERED="1", **(env or {}))
-    proc = subprocess.run(args, cwd=cwd or ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=600)
-    assert proc.returncode == expect, f"exit {proc.returncode} (expected {expect}) from {args}:\n{proc.stdout[-4000:]}"
-    return proc.stdout
 
 
 def last_line(log):
