@@ -19,6 +19,7 @@ from src.retrieval.index import file_sha256
 from src.runtime.log import get_logger
 
 logger = get_logger()
+DEFAULT_BATCH = 64  # queries of an index that does not record its build's batch
 
 
 def checkpoint_sha256(ckpt_path):
@@ -36,7 +37,7 @@ def embedding_settings(cfg, ckpt_path, padding, kernels, backend, precision="fp3
                              "embedding_size": int(cfg.embedding_size),
                              "embedding_normalize": bool(cfg.embedding_normalize), "cpu_kernels": kernels},
                 "image_size": int(cfg.image_size), "eval_resize": cfg.eval_resize, "backend": backend,
-                "precision": precision}
+                "precision": precision, "batch_size": int(cfg.eval_batch_size)}
     if calibration is not None:
         settings["calibration"] = calibration.record()
     return settings
@@ -112,9 +113,11 @@ class Embedder:
         return self.embed_images([decode_image(data, name)])
 
 
-def open_embedder(ckpt_path, settings, threads, device_target="CPU", batch_size=64, num_parallel_workers=2):
+def open_embedder(ckpt_path, settings, threads, device_target="CPU", batch_size=None, num_parallel_workers=2):
     """The Embedder of `settings` (embedding_settings or an index's manifest) on `ckpt_path`: the backbone built,
-    the checkpoint loaded strictly, and wrapped in the settings' backend (src.deploy.engines.extraction_engine)."""
+    the checkpoint loaded strictly, and wrapped in the settings' backend (src.deploy.engines.extraction_engine);
+    `batch_size` None: the settings' (an engine's exported model then is the index build's, reused), else 64."""
+    batch_size = int(batch_size or settings.get("batch_size", DEFAULT_BATCH))
     from src.deploy.calibration import calibration_from_record
     from src.deploy.engines import extraction_engine
     from src.kernels import build as cpu_kernels

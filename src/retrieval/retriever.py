@@ -48,7 +48,7 @@ class Retriever:
 
     @classmethod
     def open(cls, index_dir, ckpt_path=None, backend=None, ann="auto", threads=None, device_target="CPU",
-             batch_size=64, precision=None):
+             batch_size=None, precision=None):
         """Load the index at `index_dir` (checked), the checkpoint it was built with (`ckpt_path`: where it is now,
         if it moved; another checkpoint is refused), its backend and precision (or `backend`, `precision`) and the
         searcher `ann` asks for."""

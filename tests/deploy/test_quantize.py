@@ -104,7 +104,8 @@ def test_every_precision_prints_the_metric_lines(evaluations):
 
 
 @pytest.mark.slow
-def test_each_engines_int8_model_is_cached_beside_the_checkpoint_keyed_on_its_calibration(evaluations, photos):
+def test_each_engines_int8_model_is_cached_beside_the_checkpoint_keyed_on_its_calibration(evaluations, photos,
+                                                                                         monkeypatch):
     folder = os.path.dirname(photos["ckpt"])
     for backend in ("openvino", "onnxruntime"):  # each engine's own quantizer
         int8 = [name for name in os.listdir(folder) if f".int8-{backend}-" in name]
@@ -113,11 +114,16 @@ def test_each_engines_int8_model_is_cached_beside_the_checkpoint_keyed_on_its_ca
         assert quantize.is_quantized(os.path.join(folder, int8[0]))
     float32 = [name for name in os.listdir(folder) if name.endswith(".onnx") and ".int8-" not in name]
     assert len(float32) == 1 and not quantize.is_quantized(os.path.join(folder, float32[0]))
-    # (reuse: tested by the index's search below) another calibration: another file, the first one kept
-    log = run(eval_args(photos, "--backend", "onnxruntime", "--precision", "int8", "--calibration_list", "train.txt",
-                        "--calibration_size", "16"))
-    assert "int8 model: quantized to" in log
-    assert len([name for name in os.listdir(folder) if ".int8-onnxruntime-" in name]) == 2
+    # the same calibration again: the cached file, not quantized again; another calibration or engine: another file
+    fp32 = os.path.join(folder, float32[0])
+    same = calib.read_calibration(photos["data"], "train.txt", 48)
+    cached = os.path.join(folder, next(name for name in os.listdir(folder) if ".int8-openvino-" in name))
+    monkeypatch.setattr(quantize, "quantize_onnx", lambda *args: pytest.fail("quantized again"))
+    assert quantize.int8_for_onnx(fp32, same, SIZE, "openvino") == (cached, "reused")
+    other = calib.read_calibration(photos["data"], "train.txt", 16)
+    names = {quantize.int8_cache_path(fp32, c, tool, SIZE) for c in (same, other)
+             for tool in ("openvino", "onnxruntime")}
+    assert len(names) == 4 and cached in names
 
 
 @pytest.mark.slow
@@ -258,12 +264,15 @@ def test_check_precision_names_the_engines_that_run_it():
 
 
 @pytest.mark.slow
-def test_an_int8_index_searches_in_int8_with_the_cached_model(photos, tmp_path):
+def test_an_int8_index_searches_in_int8_with_the_cached_model(evaluations, photos, tmp_path):
+    """The index takes eval.py's int8 model (same checkpoint, batch, calibration), its searches the index's."""
     retrieve = [sys.executable, os.path.join(ROOT, "retrieve.py")]
     index = str(tmp_path / "index")
-    run(retrieve + ["index", "--ckpt_path", photos["ckpt"], "--list", "test.txt", "--dataset_path", photos["data"],
-                    "--index_dir", index, "--image_size", str(SIZE), "--backend", "openvino", "--precision", "int8",
-                    *CALIBRATION, "--threads", "2", "--num_parallel_workers", "1"])
+    log = run(retrieve + ["index", "--ckpt_path", photos["ckpt"], "--list", "test.txt", "--dataset_path",
+                          photos["data"], "--index_dir", index, "--image_size", str(SIZE), "--eval_batch_size",
+                          str(BATCH), "--backend", "openvino", "--precision", "int8", *CALIBRATION, "--threads", "2",
+                          "--num_parallel_workers", "1"])
+    assert "int8 model: reusing" in log and "int8 model: quantized" not in log
     with open(os.path.join(index, "manifest.json")) as f:
         manifest = json.load(f)
     assert manifest["precision"] == "int8"
@@ -274,7 +283,7 @@ def test_an_int8_index_searches_in_int8_with_the_cached_model(photos, tmp_path):
     log = run(retrieve + ["search", "--index_dir", index, os.path.join(photos["data"], first), "--top_k", "1",
                           "--threads", "2"])
     assert re.search(r"features by openvino on \S+\.int8-openvino-\w+\.onnx, 2 thread\(s\), int8$", log, re.M), log
-    assert "int8 model: reusing" in log and "int8 model: quantized" not in log  # the index build's
+    assert "int8 model: reusing" in log and "int8 model: quantized" not in log
     assert re.search(rf"^\s+1\s+1\.0000\s+{re.escape(first)}", log, re.M), log  # the indexed image finds itself
 
 
