@@ -47,19 +47,17 @@ def parse_variant(text):
 
 def run_eval(args, backend, precision, features):
     """eval.py for one variant; its wall seconds."""
-    command = [sys.executable, os.path.join(ROOT, "eval.py"), "--ckpt_path", args.ckpt_path, "--dataset_path",
+    command = ["--ckpt_path", args.ckpt_path, "--dataset_path",
                args.dataset_path, "--eval_list", args.eval_list, "--image_size", str(args.image_size),
                "--eval_batch_size", str(args.eval_batch_size), "--backend", backend, "--precision", precision,
                "--calibration_list", args.calibration_list, "--calibration_size", str(args.calibration_size),
                "--save_features", features]
     if args.threads:
         command += ["--threads", str(args.threads)]
-    common.log("bench_precision", f"{backend} {precision}: {' '.join(shlex.quote(c) for c in command[1:])}")
+    common.log("bench_precision", f"{backend} {precision}: {' '.join(shlex.quote(c) for c in command)}")
     start = time.monotonic()
-    proc = subprocess.run(command, env=common.child_env(), stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"eval.py {backend} {precision} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}")
+    common.run_script(os.path.join(ROOT, "eval.py"), command, f"eval.py {backend} {precision}",
+                      stderr=subprocess.STDOUT)
     return time.monotonic() - start
 
 
@@ -99,8 +97,9 @@ def format_table(rows, title, command):
             change = [signed(*row["change"][m]) for m, _ in METRICS]
             extra = ["{:.4f} / {:.4f} / {:.5f}".format(*row["cosine"]), f"{row['target']}",
                      "yes" if row["met"] else "**no**"]
-        else:
-            change, extra = ["reference", "reference"], ["—", "—", "—"]
+        else:  # an fp32 row, or one whose engine has no fp32 run to compare with
+            what = "reference" if name.endswith(" fp32") else "no fp32 run"
+            change, extra = [what, what], ["—", "—", "—"]
         lines.append(f"| {name} | " + " | ".join(metrics + change + extra + [f"{row['seconds']:.0f}"]) + " |")
     return "\n".join(lines)
 
